@@ -1,0 +1,231 @@
+"""``cortex``: run the gateway, and look at or drive a running one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from cortex.config import (
+    ConfigError,
+    GatewayConfig,
+    ModelsConfig,
+    NeuronEndpoint,
+    load_gateway_config,
+    load_models_config,
+    parse_host_port,
+)
+from cortex.spec import BUNDLED_MODEL_ID, BUNDLED_MODEL_SOURCE, ModelSpec
+
+DEFAULT_GATEWAY = "http://127.0.0.1:31313"
+
+
+def embedded_models() -> ModelsConfig:
+    """The bundled model, pinned, answering to Claude Code's model names too."""
+    return ModelsConfig(
+        models=[
+            ModelSpec(
+                id=BUNDLED_MODEL_ID,
+                source=BUNDLED_MODEL_SOURCE,
+                context_length=8192,
+                max_batch=4,
+                pinned=True,
+                aliases=["claude-*"],
+            )
+        ]
+    )
+
+
+def _load_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ModelsConfig, bool]:
+    """The configs to run, and whether this is the embedded default."""
+    config_path = args.config or (Path("cortex.toml") if Path("cortex.toml").exists() else None)
+    if config_path is None:
+        config, models, embedded = GatewayConfig(), embedded_models(), True
+    else:
+        config = load_gateway_config(Path(config_path))
+        models_path = args.models or Path(config_path).with_name("models.toml")
+        models = (
+            load_models_config(Path(models_path))
+            if args.models or Path(models_path).exists()
+            else ModelsConfig()
+        )
+        embedded = False
+    if args.models and embedded:
+        models = load_models_config(Path(args.models))
+    overrides = {}
+    for key in ("listen", "metrics_listen"):
+        value = getattr(args, key)
+        if value:
+            parse_host_port(value)
+            overrides[key] = value
+    if overrides:
+        config = config.model_copy(update={"gateway": config.gateway.model_copy(update=overrides)})
+    return config, models, embedded
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+
+    from cortex.gateway.app import create_app
+    from cortex.gateway.local_neuron import LocalNeuron
+    from cortex.gateway.metrics_server import start_metrics_server
+    from cortex.logs import setup_logging
+
+    setup_logging(args.log_format)
+    console = Console(stderr=True)
+    try:
+        config, models, embedded = _load_configs(args)
+    except (ConfigError, ValueError) as exc:
+        console.print(f"[red]cortex: {exc}[/red]")
+        return 2
+    # SIGTERM unwinds like Ctrl-C, so the finally below always stops the child neuron.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    local = None
+    metrics = None
+    try:
+        if embedded:
+            console.print(
+                "cortex: no cortex.toml, running the embedded default "
+                f"(local neuron serving {BUNDLED_MODEL_ID})"
+            )
+            local = LocalNeuron("local", [])
+            local.wait_healthy()
+            config = config.model_copy(
+                update={"neurons": [NeuronEndpoint(name="local", endpoint=local.endpoint)]}
+            )
+        registry = CollectorRegistry()
+        app = create_app(config, models, registry=registry)
+        metrics = start_metrics_server(*parse_host_port(config.gateway.metrics_listen), registry)
+        host, port = parse_host_port(config.gateway.listen)
+        console.print(
+            f"cortex: serving on http://{host}:{port} (metrics on {config.gateway.metrics_listen})"
+        )
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, OSError) as exc:
+        console.print(f"[red]cortex: {exc}[/red]")
+        return 1
+    finally:
+        if local is not None:
+            local.stop()
+        if metrics is not None:
+            metrics.shutdown()
+    return 0
+
+
+def _gateway_headers() -> dict[str, str]:
+    key = os.environ.get("CORTEX_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    url = args.gateway.rstrip("/") + path
+    try:
+        response = httpx.request(method, url, headers=_gateway_headers(), timeout=1800, **kwargs)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"cortex: cannot reach the gateway at {args.gateway}: {exc}") from exc
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text}}
+    if response.status_code != 200:
+        message = (body.get("error") or {}).get("message", response.text)
+        raise SystemExit(f"cortex: {response.status_code}: {message}")
+    return body
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cortex.cli.views import render_fleet
+
+    fleet = _call(args, "GET", "/fleet")
+    if args.json:
+        print(json.dumps(fleet, indent=2))
+    else:
+        render_fleet(fleet, Console())
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cortex.cli.views import render_models
+
+    models = _call(args, "GET", "/v1/models")
+    if args.json:
+        print(json.dumps(models, indent=2))
+    else:
+        render_models(models, Console())
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    body = {"model": args.model, **({"node": args.node} if args.node else {})}
+    with Console(stderr=True).status(f"loading {args.model}..."):
+        result = _call(args, "POST", "/fleet/load", json=body)
+    print(f"{result['model']} loaded on {result['node']}")
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    body = {"model": args.model, **({"node": args.node} if args.node else {})}
+    result = _call(args, "POST", "/fleet/unload", json=body)
+    print(f"{result['model']} unloaded from {', '.join(result['nodes'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cortex", description="one API over a fleet of LLM hosts")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (with no config: the embedded default)")
+    serve.add_argument("--config", type=Path, help="cortex.toml (default: ./cortex.toml if any)")
+    serve.add_argument("--models", type=Path, help="models.toml (default: beside the config)")
+    serve.add_argument("--listen", help="HOST:PORT for the API (overrides the config)")
+    serve.add_argument("--metrics-listen", help="HOST:PORT for /metrics (overrides the config)")
+    serve.add_argument("--log-format", choices=["auto", "json", "text"], default="auto")
+    serve.set_defaults(run=cmd_serve)
+    gateway_default = os.environ.get("CORTEX_GATEWAY", DEFAULT_GATEWAY)
+    for name, run, text in (
+        ("status", cmd_status, "the fleet: nodes, devices, models and their state"),
+        ("models", cmd_models, "the merged model catalogue"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--gateway", default=gateway_default, help="gateway URL")
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.set_defaults(run=run)
+    for name, run, text in (
+        ("load", cmd_load, "place and load a model"),
+        ("unload", cmd_unload, "unload a model"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("model")
+        cmd.add_argument("--node", help="only on this node")
+        cmd.add_argument("--gateway", default=gateway_default, help="gateway URL")
+        cmd.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

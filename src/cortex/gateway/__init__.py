@@ -1,0 +1,1 @@
+"""gateway: one OpenAI + Anthropic API over a fleet of neurons."""

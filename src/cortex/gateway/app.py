@@ -1,0 +1,93 @@
+"""``create_app(config, models)``: the gateway's ASGI app; its lifespan owns the
+HTTP session to the neurons and the poller."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cortex.config import GatewayConfig, ModelsConfig
+from cortex.errors import CortexError
+from cortex.gateway.auth import ApiKeys
+from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.fleet import Fleet
+from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.neuron_client import NeuronClient
+from cortex.gateway.poller import Poller
+from cortex.gateway.proxy import Proxy
+from cortex.gateway.routes import admin, openai
+from cortex.gateway.scheduler import Scheduler
+from cortex.gateway.state import GatewayState
+from cortex.protocol.errors import error_headers, openai_error_body
+
+ROUTES = [
+    Route("/", admin.root, methods=["GET", "HEAD"]),
+    Route("/health", admin.health, methods=["GET"]),
+    Route("/fleet", admin.fleet_view, methods=["GET"]),
+    Route("/fleet/load", admin.fleet_load, methods=["POST"]),
+    Route("/fleet/unload", admin.fleet_unload, methods=["POST"]),
+    Route("/v1/models", openai.list_models, methods=["GET"]),
+    Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+]
+
+
+async def _cortex_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CortexError)
+    return JSONResponse(openai_error_body(exc), status_code=exc.status, headers=error_headers(exc))
+
+
+def create_app(
+    config: GatewayConfig, models: ModelsConfig, registry: CollectorRegistry | None = None
+) -> Starlette:
+    metrics = GatewayMetrics(registry or CollectorRegistry())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # One pooled session for every neuron; no total timeout (streams last long),
+        # but a connect timeout so a dead host fails over quickly.
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            auto_decompress=False,
+        )
+        fleet = Fleet(config.neurons, config.gateway.down_after_misses)
+        clients = {n.name: NeuronClient(n, session) for n in config.neurons}
+        poller = Poller(fleet, clients, config.gateway.poll_interval_s, metrics)
+        catalogue = Catalogue(models.models)
+        scheduler = Scheduler(fleet, catalogue, clients)
+        app.state.gateway = GatewayState(
+            config=config,
+            fleet=fleet,
+            catalogue=catalogue,
+            scheduler=scheduler,
+            proxy=Proxy(scheduler, fleet, clients, poller),
+            keys=ApiKeys(config.gateway.api_keys),
+            metrics=metrics,
+        )
+        await poller.poll_once()  # route from the first request on
+        tasks = [
+            asyncio.create_task(poller.run(), name="poller"),
+            asyncio.create_task(scheduler.warm_pinned(), name="warm-pinned"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await session.close()
+
+    return Starlette(
+        routes=ROUTES, lifespan=lifespan, exception_handlers={CortexError: _cortex_error}
+    )

@@ -1,0 +1,1 @@
+"""Thin HTTP handlers per dialect, plus fleet administration."""

@@ -1,0 +1,70 @@
+"""Liveness and fleet administration: ``/``, ``/health``, ``/fleet``, ``/fleet/load|unload``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cortex.errors import InvalidRequest
+from cortex.gateway.state import state_of
+from cortex.protocol.parsing import parse_json
+
+
+async def root(request: Request) -> Response:
+    # Claude Code probes HEAD / before its first request: answer fast.
+    return JSONResponse({"status": "ok", "service": "cortex"})
+
+
+async def health(request: Request) -> Response:
+    fleet = state_of(request).fleet
+    up = sum(1 for node in fleet.nodes.values() if node.up)
+    return JSONResponse({"status": "ok", "nodes_up": up, "nodes": len(fleet.nodes)})
+
+
+async def fleet_view(request: Request) -> Response:
+    state = state_of(request)
+    state.keys.check(request)
+    fleet, catalogue = state.fleet, state.catalogue
+    return JSONResponse(
+        {
+            "nodes": [node.view() for node in fleet.nodes.values()],
+            "models": [
+                {
+                    "id": model_id,
+                    "source": p.source if (p := catalogue.profiles.get(model_id)) else None,
+                    "pinned": bool(p and p.pinned),
+                    "aliases": p.aliases if p else [],
+                    "loaded_on": fleet.loaded_on(model_id),
+                }
+                for model_id in catalogue.ids(fleet.loaded_ids())
+            ],
+        }
+    )
+
+
+async def _model_and_node(request: Request) -> tuple[str, str | None]:
+    body = parse_json(await request.body())
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise InvalidRequest('Expected {"model": "<id>", "node": "<name>"?}', param="model")
+    node = body.get("node")
+    if node is not None and node not in state_of(request).fleet.nodes:
+        raise InvalidRequest(f"Unknown node '{node}'.", param="node")
+    return body["model"], node
+
+
+async def fleet_load(request: Request) -> Response:
+    state = state_of(request)
+    state.keys.check(request)
+    name, node_name = await _model_and_node(request)
+    model_id = state.scheduler.resolve(name)
+    node = await state.scheduler.load(model_id, node_name)
+    return JSONResponse({"model": model_id, "node": node.name, "loaded": True})
+
+
+async def fleet_unload(request: Request) -> Response:
+    state = state_of(request)
+    state.keys.check(request)
+    name, node_name = await _model_and_node(request)
+    model_id = state.scheduler.resolve(name)
+    nodes = await state.scheduler.unload(model_id, node_name)
+    return JSONResponse({"model": model_id, "nodes": nodes, "unloaded": True})

@@ -1,0 +1,30 @@
+"""The gateway's typed application state, built once in ``create_app``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from cortex.config import GatewayConfig
+from cortex.gateway.auth import ApiKeys
+from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.fleet import Fleet
+from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.proxy import Proxy
+from cortex.gateway.scheduler import Scheduler
+
+
+@dataclass
+class GatewayState:
+    config: GatewayConfig
+    fleet: Fleet
+    catalogue: Catalogue
+    scheduler: Scheduler
+    proxy: Proxy
+    keys: ApiKeys
+    metrics: GatewayMetrics
+
+
+def state_of(request: Request) -> GatewayState:
+    return request.app.state.gateway

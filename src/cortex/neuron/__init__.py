@@ -1,0 +1,1 @@
+"""neuron: the per-host daemon that loads models and runs inference in-process."""

@@ -1,0 +1,48 @@
+"""``create_app(settings)``: the neuron's ASGI app; its lifespan owns workers and models."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+
+from cortex.errors import CortexError
+from cortex.neuron import devices
+from cortex.neuron.manager import ModelManager
+from cortex.neuron.routes import ROUTES, cortex_error
+from cortex.neuron.settings import NeuronSettings
+
+log = logging.getLogger("cortex.neuron")
+
+
+def create_app(settings: NeuronSettings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        found = devices.discover()
+        manager = ModelManager(found, settings.memory_budget_mb)
+        app.state.settings = settings
+        app.state.manager = manager
+        for device in found:
+            log.info(
+                "device id=%s name=%r memory_mb=%d", device.id, device.name, device.memory_total_mb
+            )
+        for spec in settings.load:
+            try:
+                await manager.load(spec)
+            except CortexError as exc:
+                log.error(
+                    "start-up load failed model=%s reason=%s detail=%r",
+                    spec.id,
+                    exc.kind,
+                    exc.message,
+                )
+        try:
+            yield
+        finally:
+            await manager.close()
+
+    return Starlette(
+        routes=ROUTES, lifespan=lifespan, exception_handlers={CortexError: cortex_error}
+    )

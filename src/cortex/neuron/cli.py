@@ -1,0 +1,97 @@
+"""``neuron serve``: the per-host daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from cortex.config import ConfigError, parse_host_port
+from cortex.logs import setup_logging
+from cortex.neuron.settings import NeuronSettings
+from cortex.protocol.parsing import describe_validation_error
+from cortex.spec import ModelSpec
+
+
+def _parse_load(text: str) -> ModelSpec:
+    model_id, sep, source = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected ID=SOURCE, got '{text}'")
+    try:
+        return ModelSpec(id=model_id, source=source)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuron", description="cortex node daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve this host's devices over HTTP")
+    serve.add_argument("--listen", default="127.0.0.1:13131", help="HOST:PORT to listen on")
+    serve.add_argument("--name", default=None, help="node name (default: the host name)")
+    serve.add_argument(
+        "--memory-budget-mb", type=int, default=None, help="cap on what models may use per device"
+    )
+    serve.add_argument(
+        "--load",
+        action="append",
+        type=_parse_load,
+        default=[],
+        metavar="ID=SOURCE",
+        help="load a model at start-up (repeatable)",
+    )
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("NEURON_TOKEN"),
+        help="admin token for load/unload (default: $NEURON_TOKEN)",
+    )
+    serve.add_argument(
+        "--enable-fault-injection", action="store_true", help="mount /debug/fault (testing only)"
+    )
+    serve.add_argument(
+        "--cpu-tp-ranks",
+        type=int,
+        default=1,
+        help="let tensor_parallel use N CPU ranks over gloo (testing)",
+    )
+    serve.add_argument("--log-format", choices=["auto", "json", "text"], default="auto")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_format)
+    try:
+        host, port = parse_host_port(args.listen)
+        settings_fields = {
+            "listen": args.listen,
+            "memory_budget_mb": args.memory_budget_mb,
+            "token": args.token or None,
+            "enable_fault_injection": args.enable_fault_injection,
+            "cpu_tp_ranks": args.cpu_tp_ranks,
+            "load": args.load,
+        }
+        if args.name:
+            settings_fields["name"] = args.name
+        settings = NeuronSettings(**settings_fields)
+    except (ValueError, ConfigError) as exc:
+        message = describe_validation_error(exc)[0] if hasattr(exc, "errors") else str(exc)
+        print(f"neuron: {message}", file=sys.stderr)
+        return 2
+    from cortex.neuron.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The engine protocol every inference backend implements, and the types it speaks.
+
+An engine instance belongs to exactly one device worker thread: every method
+below except ``describe`` is only ever called on that thread, so engines hold
+no locks. Requests reach it as ``GenerationRequest`` objects; results leave
+through each request's ``EventSink`` as ``TextChunk`` then one ``Finished``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from cortex.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling; ``temperature == 0`` means greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    text: str
+
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class Finished:
+    reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    stop_sequence: str | None = None
+    error: str | None = None
+
+
+Event = TextChunk | Finished
+
+
+class EventSink(Protocol):
+    """Receives a sequence's events; ``put`` is called from the worker thread."""
+
+    def put(self, event: Event) -> None: ...
+
+
+@dataclass
+class GenerationRequest:
+    prompt_tokens: list[int]
+    max_new_tokens: int
+    sampling: SamplingParams
+    stop: list[str]
+    sink: EventSink
+    # Set from the event loop when the client goes away; the worker checks it
+    # before every decode step, so a cancelled sequence frees its slot within one step.
+    cancelled: bool = field(default=False)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the rest of the neuron needs to know about a loaded engine."""
+
+    context_length: int
+    max_batch: int
+    memory_mb: int
+    chat_template: str | None
+    bos_token: str
+    eos_token: str
+
+
+class Engine(Protocol):
+    """A loaded model on one device. All methods run on the device's worker thread."""
+
+    info: EngineInfo
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens of a rendered prompt. Safe from any thread (reads the vocabulary only)."""
+
+    def submit(self, request: GenerationRequest) -> None:
+        """Queue a request; it joins the running batch at the next step."""
+
+    def has_work(self) -> bool:
+        """True while any request is waiting or generating."""
+
+    def step(self) -> None:
+        """Run one decode step for every active sequence and emit their events."""
+
+    def abort_all(self, reason: str) -> None:
+        """Finish every request with an error (the engine is being torn down)."""
+
+    def close(self) -> None:
+        """Free the model and its context."""
+
+
+class EngineFactory(Protocol):
+    def __call__(self, path: Path, spec: ModelSpec, device_id: str, n_threads: int) -> Engine: ...

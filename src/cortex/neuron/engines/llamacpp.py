@@ -1,0 +1,359 @@
+"""GGUF engine on llama.cpp's low-level API, with continuous batching.
+
+Why the low-level API: the high-level ``Llama`` object decodes one sequence at
+a time and tokenizes chat prompts with special tokens unparsed (garbage for
+ChatML models). Here one context holds ``max_batch`` sequences (one KV stream
+each, ``kv_unified`` off, so every sequence gets the full ``context_length``),
+and every ``step`` decodes one token for each generating sequence plus a chunk
+of each waiting prompt in a single ``llama_decode``.
+
+Slots keep the tokens whose KV they hold after a request ends; a new request
+takes the free slot sharing the longest prefix with its prompt (the LRU slot
+when none does), so a resent conversation only prefills what is new.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp as C
+
+from cortex.errors import CortexError
+from cortex.neuron.engines.base import (
+    EngineInfo,
+    Finished,
+    GenerationRequest,
+    TextChunk,
+)
+from cortex.neuron.textstream import TextAssembler
+from cortex.spec import ModelSpec
+
+_BATCH_TOKENS = 512
+_PENALTY_WINDOW = 64
+_backend_ready = False
+
+
+class EngineFault(CortexError):
+    """The engine's state is in doubt (a failed decode): the model must be reloaded."""
+
+
+def _init_backend() -> None:
+    global _backend_ready  # process-wide, once: llama.cpp's own global init
+    if not _backend_ready:
+        # llama.cpp logs every tensor at load; keep its warnings and errors only.
+        logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
+        C.llama_backend_init()
+        _backend_ready = True
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what the slot's KV holds, in order
+    last_used: float = 0.0
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    slot: _Slot
+    sampler: ctypes.c_void_p
+    text: TextAssembler
+    n_past: int  # tokens already in the KV
+    cached: int
+    generated: list[int] = field(default_factory=list)
+    pending_token: int | None = None  # sampled, not yet decoded
+    logits_index: int = -1
+
+    @property
+    def prefilling(self) -> bool:
+        return self.pending_token is None
+
+
+class LlamaCppEngine:
+    """One GGUF model on one device. Every method runs on the device worker thread."""
+
+    def __init__(self, path: Path, spec: ModelSpec, device_id: str, n_threads: int) -> None:
+        _init_backend()
+        model_params = C.llama_model_default_params()
+        if device_id.startswith("cuda") and C.llama_supports_gpu_offload():
+            model_params.n_gpu_layers = 999
+            model_params.main_gpu = int(device_id.split(":")[1])
+        else:
+            model_params.n_gpu_layers = 0
+        self._model = C.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self._model:
+            raise EngineFault(f"llama.cpp could not load {path.name}: not a valid GGUF file?")
+        self._vocab = C.llama_model_get_vocab(self._model)
+        train_ctx = C.llama_model_n_ctx_train(self._model)
+        context_length = (
+            min(spec.context_length, train_ctx) if train_ctx > 0 else spec.context_length
+        )
+        ctx_params = C.llama_context_default_params()
+        ctx_params.n_seq_max = spec.max_batch
+        ctx_params.n_ctx = context_length * spec.max_batch
+        ctx_params.n_batch = _BATCH_TOKENS
+        ctx_params.n_ubatch = _BATCH_TOKENS
+        ctx_params.n_threads = n_threads
+        ctx_params.n_threads_batch = n_threads
+        ctx_params.kv_unified = False
+        ctx_params.no_perf = True
+        self._ctx = C.llama_init_from_model(self._model, ctx_params)
+        if not self._ctx:
+            C.llama_model_free(self._model)
+            raise EngineFault(f"llama.cpp could not create a context for {spec.id}")
+        self._memory = C.llama_get_memory(self._ctx)
+        self._context_length = C.llama_n_ctx_seq(self._ctx)
+        self._batch = C.llama_batch_init(_BATCH_TOKENS + spec.max_batch, 0, 1)
+        self._slots = [_Slot(seq_id=i) for i in range(spec.max_batch)]
+        self._waiting: deque[GenerationRequest] = deque()
+        self._active: list[_Sequence] = []
+        self._piece = ctypes.create_string_buffer(256)
+        self.info = EngineInfo(
+            context_length=self._context_length,
+            max_batch=spec.max_batch,
+            memory_mb=self._memory_mb(),
+            chat_template=self._meta("tokenizer.chat_template"),
+            bos_token=self._token_text(C.llama_vocab_bos(self._vocab)),
+            eos_token=self._token_text(C.llama_vocab_eos(self._vocab)),
+        )
+
+    # -- tokenizer (read-only on the vocab, safe from any thread) ---------------
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens of a rendered prompt, special tokens parsed (``<|im_start|>`` is one token).
+
+        BOS is added only when the model wants one and the template did not write it.
+        """
+        add_bos = bool(C.llama_vocab_get_add_bos(self._vocab)) and not (
+            self.info.bos_token and text.startswith(self.info.bos_token)
+        )
+        data = text.encode()
+        capacity = len(data) + 16
+        tokens = (C.llama_token * capacity)()
+        count = C.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_bos, True)
+        if count < 0:  # buffer too small: llama.cpp says how many it needs
+            capacity = -count
+            tokens = (C.llama_token * capacity)()
+            count = C.llama_tokenize(self._vocab, data, len(data), tokens, capacity, add_bos, True)
+        return list(tokens[:count])
+
+    # -- the decode loop ---------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> None:
+        self._waiting.append(request)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._active)
+
+    def step(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        if not self._active:
+            return
+        self._fill_batch()
+        status = C.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            raise EngineFault(f"llama_decode failed with status {status}")
+        for seq in [s for s in self._active if s.logits_index >= 0]:
+            token = C.llama_sampler_sample(seq.sampler, self._ctx, seq.logits_index)
+            self._accept(seq, token)
+
+    def abort_all(self, reason: str) -> None:
+        for seq in list(self._active):
+            self._finish(seq, "error", error=reason)
+        while self._waiting:
+            request = self._waiting.popleft()
+            request.sink.put(Finished("error", len(request.prompt_tokens), 0, error=reason))
+
+    def close(self) -> None:
+        self.abort_all("model unloaded")
+        C.llama_batch_free(self._batch)
+        C.llama_free(self._ctx)
+        C.llama_model_free(self._model)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._active if s.request.cancelled]:
+            self._finish(seq, "cancelled")
+        kept = [r for r in self._waiting if not r.cancelled]
+        for request in self._waiting:
+            if request.cancelled:
+                request.sink.put(Finished("cancelled", len(request.prompt_tokens), 0))
+        self._waiting = deque(kept)
+
+    def _admit(self) -> None:
+        busy = {seq.slot.seq_id for seq in self._active}
+        while self._waiting:
+            free = [slot for slot in self._slots if slot.seq_id not in busy]
+            if not free:
+                return
+            request = self._waiting.popleft()
+            slot, reuse = self._best_slot(free, request.prompt_tokens)
+            # Keep the shared prefix's KV, drop the rest of what the slot held.
+            C.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
+            slot.tokens = slot.tokens[:reuse]
+            busy.add(slot.seq_id)
+            self._active.append(
+                _Sequence(
+                    request=request,
+                    slot=slot,
+                    sampler=self._make_sampler(request),
+                    text=TextAssembler(request.stop),
+                    n_past=reuse,
+                    cached=reuse,
+                )
+            )
+
+    @staticmethod
+    def _best_slot(free: list[_Slot], prompt: list[int]) -> tuple[_Slot, int]:
+        def shared(slot: _Slot) -> int:
+            n = 0
+            for a, b in zip(slot.tokens, prompt, strict=False):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        slot = max(free, key=lambda s: (shared(s), -s.last_used))
+        # At least one prompt token must be decoded again to get logits to sample from.
+        return slot, min(shared(slot), len(prompt) - 1)
+
+    def _make_sampler(self, request: GenerationRequest) -> ctypes.c_void_p:
+        params = request.sampling
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        if params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0:
+            C.llama_sampler_chain_add(
+                chain,
+                C.llama_sampler_init_penalties(
+                    C.llama_vocab_n_tokens(self._vocab),
+                    _PENALTY_WINDOW,
+                    params.repetition_penalty,
+                    params.frequency_penalty,
+                    params.presence_penalty,
+                ),
+            )
+        if params.temperature <= 0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_greedy())
+            return chain
+        if params.top_k > 0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0:
+            C.llama_sampler_chain_add(chain, C.llama_sampler_init_min_p(params.min_p, 1))
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_temp(params.temperature))
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        C.llama_sampler_chain_add(chain, C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    def _fill_batch(self) -> None:
+        batch, n = self._batch, 0
+
+        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq_id
+            batch.logits[n] = logits
+            n += 1
+
+        # Generating sequences first: one token each, so long prompts never stall them.
+        for seq in self._active:
+            seq.logits_index = -1
+            if not seq.prefilling:
+                add(seq.pending_token, seq.n_past, seq.slot.seq_id, True)
+                seq.logits_index = n - 1
+                seq.slot.tokens.append(seq.pending_token)
+                seq.n_past += 1
+        budget = _BATCH_TOKENS - n
+        for seq in self._active:
+            if not seq.prefilling or budget <= 0:
+                continue
+            prompt = seq.request.prompt_tokens
+            chunk = prompt[seq.n_past : seq.n_past + budget]
+            for offset, token in enumerate(chunk):
+                last = seq.n_past + offset == len(prompt) - 1
+                add(token, seq.n_past + offset, seq.slot.seq_id, last)
+                if last:
+                    seq.logits_index = n - 1
+            seq.slot.tokens.extend(chunk)
+            seq.n_past += len(chunk)
+            budget -= len(chunk)
+        batch.n_tokens = n
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        request = seq.request
+        if C.llama_vocab_is_eog(self._vocab, token):
+            self._finish(seq, "stop")
+            return
+        seq.generated.append(token)
+        text = seq.text.feed(self._token_bytes(token))
+        if text:
+            request.sink.put(TextChunk(text))
+        if seq.text.stop.matched is not None:
+            self._finish(seq, "stop")
+        elif len(seq.generated) >= request.max_new_tokens or seq.n_past >= self._context_length:
+            self._finish(seq, "length")
+        else:
+            seq.pending_token = token
+
+    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+        tail = seq.text.finish()
+        if tail and reason in ("stop", "length"):
+            seq.request.sink.put(TextChunk(tail))
+        seq.request.sink.put(
+            Finished(
+                reason,  # type: ignore[arg-type]
+                prompt_tokens=len(seq.request.prompt_tokens),
+                completion_tokens=len(seq.generated),
+                cached_tokens=seq.cached,
+                stop_sequence=seq.text.stop.matched,
+                error=error,
+            )
+        )
+        C.llama_sampler_free(seq.sampler)
+        seq.slot.last_used = time.monotonic()
+        if reason == "error":  # what the slot holds is in doubt
+            C.llama_memory_seq_rm(self._memory, seq.slot.seq_id, -1, -1)
+            seq.slot.tokens = []
+        self._active.remove(seq)
+
+    def _token_bytes(self, token: int) -> bytes:
+        size = C.llama_token_to_piece(self._vocab, token, self._piece, len(self._piece), 0, False)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = C.llama_token_to_piece(self._vocab, token, buffer, -size, 0, False)
+            return buffer.raw[:size]
+        return self._piece.raw[:size]
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = C.llama_vocab_get_text(self._vocab, token)
+        return text.decode(errors="replace") if text else ""
+
+    def _meta(self, key: str) -> str | None:
+        size = C.llama_model_meta_val_str(self._model, key.encode(), None, 0)
+        if size < 0:
+            return None
+        buffer = ctypes.create_string_buffer(size + 1)
+        C.llama_model_meta_val_str(self._model, key.encode(), buffer, size + 1)
+        return buffer.value.decode(errors="replace")
+
+    def _memory_mb(self) -> int:
+        weights = C.llama_model_size(self._model)
+        n_layer = C.llama_model_n_layer(self._model)
+        n_head = max(1, C.llama_model_n_head(self._model))
+        head_dim = C.llama_model_n_embd(self._model) // n_head
+        kv_heads = C.llama_model_n_head_kv(self._model)
+        kv = 2 * n_layer * kv_heads * head_dim * 2 * self._context_length * len(self._slots)
+        return int((weights + kv) / 2**20) + 64  # + compute buffers

@@ -1,0 +1,125 @@
+"""The neuron's HTTP routes: thin handlers that validate, call one service, map the result."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from cortex.errors import AuthenticationFailed, CortexError, InvalidRequest
+from cortex.neuron import serving
+from cortex.neuron.manager import ModelManager
+from cortex.neuron.settings import NeuronSettings
+from cortex.protocol import openai as oa
+from cortex.protocol.errors import error_headers, openai_error_body
+from cortex.protocol.parsing import parse_body, parse_json, parse_model
+from cortex.spec import ModelSpec
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def _require_admin(request: Request) -> None:
+    settings: NeuronSettings = request.app.state.settings
+    if settings.token is None:
+        return
+    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(supplied.encode(), settings.token.encode()):
+        raise AuthenticationFailed("This route needs the neuron's admin token as a Bearer token.")
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def status(request: Request) -> Response:
+    manager = _manager(request)
+    return JSONResponse(
+        {
+            "node": request.app.state.settings.name,
+            "devices": manager.devices_status(),
+            "models": [model.status() for model in manager.models()],
+        }
+    )
+
+
+async def list_models(request: Request) -> Response:
+    return JSONResponse({"models": [model.status() for model in _manager(request).models()]})
+
+
+async def openai_models(request: Request) -> Response:
+    cards = [
+        oa.ModelCard(id=m.id, created=int(m.last_used), owned_by=request.app.state.settings.name)
+        for m in _manager(request).models()
+    ]
+    return JSONResponse(oa.ModelList(data=cards).model_dump())
+
+
+async def load_model(request: Request) -> Response:
+    _require_admin(request)
+    spec = parse_body(ModelSpec, await request.body())
+    model = await _manager(request).load(spec)
+    return JSONResponse(model.status())
+
+
+async def unload_model(request: Request) -> Response:
+    _require_admin(request)
+    body = parse_json(await request.body())
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+        raise InvalidRequest('Expected {"id": "<model id>"}', param="id")
+    await _manager(request).unload(body["id"])
+    return JSONResponse({"id": body["id"], "unloaded": True})
+
+
+async def tokenize(request: Request) -> Response:
+    body = parse_json(await request.body())
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise InvalidRequest("Expected a JSON object with a 'model'", param="model")
+    model = _manager(request).ready(body["model"])
+    assert model.engine is not None
+    if "messages" in body:
+        chat = parse_model(oa.ChatCompletionRequest, body)
+        text = serving.render_prompt(model, chat)
+    elif isinstance(body.get("prompt"), str):
+        text = body["prompt"]
+    else:
+        raise InvalidRequest(
+            "Send 'messages' (chat) or 'prompt' (text) to count.", param="messages"
+        )
+    return JSONResponse({"count": len(model.engine.tokenize_prompt(text))})
+
+
+async def chat_completions(request: Request) -> Response:
+    chat = parse_body(oa.ChatCompletionRequest, await request.body())
+    model = _manager(request).ready(chat.model)
+    prepared = await serving.prepare_chat(model, chat)
+    if chat.stream:
+        return StreamingResponse(
+            serving.stream(model, prepared), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+    completion = await serving.complete(model, prepared)
+    return Response(completion.model_dump_json(), media_type="application/json")
+
+
+async def cortex_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CortexError)
+    body: dict[str, Any] = openai_error_body(exc)
+    return JSONResponse(body, status_code=exc.status, headers=error_headers(exc))
+
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route("/status", status, methods=["GET"]),
+    Route("/models", list_models, methods=["GET"]),
+    Route("/models/load", load_model, methods=["POST"]),
+    Route("/models/unload", unload_model, methods=["POST"]),
+    Route("/tokenize", tokenize, methods=["POST"]),
+    Route("/v1/models", openai_models, methods=["GET"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+]

@@ -1,0 +1,19 @@
+"""Neuron settings: command-line flags over an optional ``neuron.toml``."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cortex.spec import ModelSpec
+
+
+class NeuronSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str = "127.0.0.1:13131"
+    name: str = Field(default_factory=lambda: __import__("socket").gethostname())
+    memory_budget_mb: int | None = Field(default=None, ge=1)
+    token: str | None = Field(default=None, repr=False)
+    enable_fault_injection: bool = False
+    cpu_tp_ranks: int = Field(default=1, ge=1)
+    load: list[ModelSpec] = Field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Wire types for the dialects cortex speaks. No I/O, nothing heavy imported."""

@@ -1,0 +1,72 @@
+"""Error envelopes of each dialect, built from the one exception tree."""
+
+from __future__ import annotations
+
+import json
+
+from cortex.errors import CortexError, RelayedError
+
+_OPENAI_TYPE = {
+    "invalid_request": "invalid_request_error",
+    "authentication": "authentication_error",
+    "not_found": "not_found_error",
+    "too_large": "invalid_request_error",
+    "overloaded": "rate_limit_error",
+    "insufficient_memory": "insufficient_memory_error",
+    "upstream": "api_error",
+    "unavailable": "service_unavailable_error",
+    "internal": "api_error",
+}
+
+_ANTHROPIC_TYPE = {
+    "invalid_request": "invalid_request_error",
+    "authentication": "authentication_error",
+    "not_found": "not_found_error",
+    "too_large": "request_too_large",
+    "overloaded": "rate_limit_error",
+    "insufficient_memory": "api_error",
+    "upstream": "api_error",
+    "unavailable": "overloaded_error",
+    "internal": "api_error",
+}
+
+
+def openai_error_body(error: CortexError) -> dict:
+    return {
+        "error": {
+            "message": error.message,
+            "type": _OPENAI_TYPE[error.kind],
+            "param": error.param,
+            "code": error.code,
+        }
+    }
+
+
+def anthropic_error_body(error: CortexError) -> dict:
+    return {
+        "type": "error",
+        "error": {"type": _ANTHROPIC_TYPE[error.kind], "message": error.message},
+    }
+
+
+def error_headers(error: CortexError) -> dict[str, str]:
+    if error.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(max(1, round(error.retry_after_s)))}
+
+
+def error_from_openai_body(status: int, body: bytes, retry_after: str | None = None) -> CortexError:
+    """Rebuild a typed error from a neuron's OpenAI-envelope answer, keeping its status."""
+    try:
+        detail = json.loads(body).get("error", {})
+        message = str(detail.get("message") or "")
+        param, code = detail.get("param"), detail.get("code")
+    except (ValueError, AttributeError):
+        message, param, code = "", None, None
+    return RelayedError(
+        message or body[:500].decode(errors="replace") or f"upstream answered {status}",
+        status=status,
+        param=param,
+        code=code,
+        retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
+    )
