@@ -1,0 +1,45 @@
+"""Shared fixtures: one real neuron and one real gateway per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from procs import BUNDLED, MODEL, Gateway, Neuron
+
+
+@pytest.fixture(scope="session")
+def neuron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Neuron]:
+    """A neuron serving the bundled model (context 4096, up to 4 sequences batched)."""
+    process = Neuron(tmp_path_factory.mktemp("neuron"), "n1", [f"{MODEL}={BUNDLED}"])
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(neuron: Neuron, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway in front of ``neuron``, with an alias for the bundled model."""
+    config = f"""
+[gateway]
+poll_interval_s = 0.5
+
+[[neurons]]
+name = "{neuron.name}"
+endpoint = "{neuron.url}"
+"""
+    models = f"""
+[[models]]
+id = "{MODEL}"
+source = "{BUNDLED}"
+aliases = ["claude-haiku-*", "small"]
+"""
+    process = Gateway(tmp_path_factory.mktemp("gateway"), config, models, {MODEL})
+    yield process
+    process.stop()

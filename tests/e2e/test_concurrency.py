@@ -1,0 +1,51 @@
+"""No cross-talk: concurrent requests each get exactly the answer they get alone."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from procs import MODEL, Gateway
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "List three primary colors.",
+    "Explain photosynthesis in one sentence.",
+    "What is 12 times 12?",
+    "Name a famous painter.",
+    "Give me a synonym for happy.",
+    "Why is the sky blue?",
+]
+TOKENS = 32
+
+
+def ask(client: openai.OpenAI, prompt: str, stream: bool = False) -> str:
+    messages = [{"role": "user", "content": prompt}]
+    if stream:
+        chunks = client.chat.completions.create(
+            model=MODEL, messages=messages, temperature=0, max_tokens=TOKENS, stream=True
+        )
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    reply = client.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=TOKENS
+    )
+    return reply.choices[0].message.content or ""
+
+
+def test_concurrent_requests_equal_their_solo_answers(gateway: Gateway) -> None:
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    solo = [ask(client, prompt) for prompt in PROMPTS]
+    assert len(set(solo)) == len(PROMPTS)  # distinct answers, so a mix-up would show
+    # Twice the neuron's max_batch (4): half batched together, half queued behind them,
+    # streaming and not mixed.
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = list(
+            pool.map(lambda ip: ask(client, ip[1], stream=ip[0] % 2 == 0), enumerate(PROMPTS))
+        )
+    for prompt, alone, batched in zip(PROMPTS, solo, together, strict=True):
+        assert batched == alone, prompt

