@@ -1,0 +1,67 @@
+"""A node that dies: requests go elsewhere before the first byte, streams end with an error."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+from procs import BUNDLED, MODEL, Gateway, Neuron
+
+pytestmark = pytest.mark.slow
+
+ESSAY = [{"role": "user", "content": "Write a very long essay about rivers."}]
+
+
+@pytest.fixture
+def pair(tmp_path):
+    spec = f"{MODEL}={BUNDLED}"
+    a = Neuron(tmp_path, "a", [spec])
+    b = Neuron(tmp_path, "b", [spec])
+    config = f"""
+[gateway]
+poll_interval_s = 30   # slow on purpose: failures must be noticed by requests, not polls
+
+[[neurons]]
+name = "a"
+endpoint = "{a.url}"
+
+[[neurons]]
+name = "b"
+endpoint = "{b.url}"
+"""
+    gateway = Gateway(tmp_path, config, "", {MODEL})
+    yield gateway, a, b
+    gateway.stop()
+    a.stop()
+    b.stop()
+
+
+def test_dead_node_before_first_byte_fails_over(pair) -> None:
+    gateway, a, b = pair
+    a.kill()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    for _ in range(3):
+        reply = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=ESSAY, max_tokens=4
+        )
+        assert reply.headers["x-cortex-node"] == "b"
+        assert reply.parse().choices[0].message.content
+    fleet = httpx.get(gateway.url + "/fleet").json()
+    assert {n["name"]: n["up"] for n in fleet["nodes"]} == {"a": False, "b": True}
+
+
+def test_node_dying_mid_stream_ends_the_stream_with_an_error(pair) -> None:
+    gateway, a, b = pair
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    stream = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=ESSAY, max_tokens=3000, stream=True
+    )
+    victim = a if stream.headers["x-cortex-node"] == "a" else b
+    chunks = stream.parse()
+    received = 0
+    with pytest.raises(openai.APIError, match="mid-stream"):
+        for _ in chunks:
+            received += 1
+            if received == 5:
+                victim.kill()
+    assert received >= 5
