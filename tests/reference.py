@@ -158,6 +158,27 @@ class TransformersReference:
         """Greedy continuation of the chat-template prompt for ``messages``."""
         return self.greedy_ids_from_prompt(self.prompt_ids(messages), n_tokens)
 
+    def logit_gaps(self, messages: list[Message], ids: list[int]) -> list[float]:
+        """Teacher-force ``ids`` after the prompt; per step, how far each was from argmax.
+
+        Entry ``i`` is ``max(logits_i) - logits_i[ids[i]]`` (0.0 where ``ids[i]`` is
+        the reference's own greedy choice).  Use this to check another engine's
+        greedy output: a quantised engine (llama.cpp computes Q4_1 x Q8_1 dot
+        products, logits differ by up to ~1 from this fp32 model) may flip a
+        near-tie and then continue differently, so exact id equality is too strict
+        for some prompts, but each of its tokens stays a near-argmax here.
+        """
+        import torch
+
+        if not ids:
+            return []
+        prompt = self.prompt_ids(messages)
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([prompt + list(ids)])).logits[0]
+        rows = logits[len(prompt) - 1 : len(prompt) - 1 + len(ids)]
+        chosen = rows[torch.arange(len(ids)), torch.tensor(list(ids))]
+        return [float(g) for g in (rows.max(dim=-1).values - chosen)]
+
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
@@ -227,6 +248,10 @@ def greedy_ids(messages: list[Message], n_tokens: int) -> list[int]:
 
 def decode(ids: list[int]) -> str:
     return reference().decode(ids)
+
+
+def logit_gaps(messages: list[Message], ids: list[int]) -> list[float]:
+    return reference().logit_gaps(messages, ids)
 
 
 def make_dense_checkpoint(out_dir: Path | str) -> Path:

@@ -20,7 +20,8 @@ class ModelSpec(BaseModel):
     quant: str | None = None
     tensor_parallel: int = Field(default=1, ge=1)
     context_length: int = Field(default=4096, ge=64)
-    max_batch: int = Field(default=4, ge=1, le=64)
+    max_batch: int = Field(default=4, ge=1, le=64)  # sequences decoded together
+    max_queue: int = Field(default=64, ge=0)  # requests waiting beyond that; then 429
     pinned: bool = False
     priority: int = 50
     nodes: list[str] = Field(default_factory=list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
+
 from procs import BUNDLED, MODEL, Gateway, Neuron
 
 pytestmark = pytest.mark.slow
@@ -37,7 +38,7 @@ endpoint = "{b.url}"
 
 
 def test_dead_node_before_first_byte_fails_over(pair) -> None:
-    gateway, a, b = pair
+    gateway, a, _ = pair
     a.kill()
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
     for _ in range(3):

@@ -61,3 +61,13 @@ def test_dense_checkpoint_round_trip(tmp_path_factory):
     assert dense.prompt_text(FRANCE) == ref.prompt_text(FRANCE)
     assert dense.prompt_ids(FRANCE) == ref.prompt_ids(FRANCE)
     assert dense.greedy_ids(FRANCE, 12) == ref.greedy_ids(FRANCE, 12)
+
+
+def test_logit_gaps_zero_on_own_greedy():
+    ids = ref.greedy_ids(FRANCE, 8)
+    gaps = ref.logit_gaps(FRANCE, ids)
+    assert len(gaps) == len(ids)
+    assert max(gaps) < 1e-4
+    # a token that is not the greedy choice has a positive gap
+    other = [ids[0] + 1, *ids[1:]]
+    assert ref.logit_gaps(FRANCE, other)[0] > 0

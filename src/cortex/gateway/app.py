@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cortex.config import GatewayConfig, ModelsConfig
-from cortex.errors import CortexError
+from cortex.error_handlers import openai_error_handlers
 from cortex.gateway.auth import ApiKeys
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
@@ -27,7 +26,8 @@ from cortex.gateway.proxy import Proxy
 from cortex.gateway.routes import admin, openai
 from cortex.gateway.scheduler import Scheduler
 from cortex.gateway.state import GatewayState
-from cortex.protocol.errors import error_headers, openai_error_body
+
+log = logging.getLogger("cortex.gateway")
 
 ROUTES = [
     Route("/", admin.root, methods=["GET", "HEAD"]),
@@ -37,12 +37,8 @@ ROUTES = [
     Route("/fleet/unload", admin.fleet_unload, methods=["POST"]),
     Route("/v1/models", openai.list_models, methods=["GET"]),
     Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+    Route("/v1/completions", openai.completions, methods=["POST"]),
 ]
-
-
-async def _cortex_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, CortexError)
-    return JSONResponse(openai_error_body(exc), status_code=exc.status, headers=error_headers(exc))
 
 
 def create_app(
@@ -89,5 +85,7 @@ def create_app(
             await session.close()
 
     return Starlette(
-        routes=ROUTES, lifespan=lifespan, exception_handlers={CortexError: _cortex_error}
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers=openai_error_handlers(log),
     )

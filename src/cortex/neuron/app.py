@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
+from cortex.error_handlers import openai_error_handlers
 from cortex.errors import CortexError
 from cortex.neuron import devices
 from cortex.neuron.manager import ModelManager
-from cortex.neuron.routes import ROUTES, cortex_error
+from cortex.neuron.routes import ROUTES
 from cortex.neuron.settings import NeuronSettings
 
 log = logging.getLogger("cortex.neuron")
@@ -44,5 +45,5 @@ def create_app(settings: NeuronSettings) -> Starlette:
             await manager.close()
 
     return Starlette(
-        routes=ROUTES, lifespan=lifespan, exception_handlers={CortexError: cortex_error}
+        routes=ROUTES, lifespan=lifespan, exception_handlers=openai_error_handlers(log)
     )

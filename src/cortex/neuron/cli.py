@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tomllib
+from pathlib import Path
 
 import uvicorn
+from pydantic import ValidationError
 
-from cortex.config import ConfigError, parse_host_port
+from cortex.config import ConfigError, format_validation_error, parse_host_port
 from cortex.logs import setup_logging
 from cortex.neuron.settings import NeuronSettings
-from cortex.protocol.parsing import describe_validation_error
 from cortex.spec import ModelSpec
 
 
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuron", description="cortex node daemon")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve this host's devices over HTTP")
-    serve.add_argument("--listen", default="127.0.0.1:13131", help="HOST:PORT to listen on")
+    serve.add_argument("--config", type=Path, help="neuron.toml (flags override it)")
+    serve.add_argument("--listen", default=None, help="HOST:PORT to listen on")
     serve.add_argument("--name", default=None, help="node name (default: the host name)")
     serve.add_argument(
         "--memory-budget-mb", type=int, default=None, help="cap on what models may use per device"
@@ -60,25 +63,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_settings(args: argparse.Namespace) -> NeuronSettings:
+    """``neuron.toml`` (when given) with the command-line flags on top."""
+    fields: dict = {}
+    if args.config is not None:
+        try:
+            fields = tomllib.loads(args.config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{args.config}: {exc}") from None
+    flags = {
+        "listen": args.listen,
+        "name": args.name,
+        "memory_budget_mb": args.memory_budget_mb,
+        "token": args.token or None,
+        "enable_fault_injection": args.enable_fault_injection,
+        "cpu_tp_ranks": args.cpu_tp_ranks,
+    }
+    fields.update({key: value for key, value in flags.items() if value is not None})
+    fields["load"] = [*fields.get("load", []), *args.load]
+    try:
+        return NeuronSettings.model_validate(fields)
+    except ValidationError as exc:
+        where = args.config or "command line"
+        problems = "\n".join(f"  {line}" for line in format_validation_error(exc))
+        raise ConfigError(f"{where}: invalid settings:\n{problems}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format)
     try:
-        host, port = parse_host_port(args.listen)
-        settings_fields = {
-            "listen": args.listen,
-            "memory_budget_mb": args.memory_budget_mb,
-            "token": args.token or None,
-            "enable_fault_injection": args.enable_fault_injection,
-            "cpu_tp_ranks": args.cpu_tp_ranks,
-            "load": args.load,
-        }
-        if args.name:
-            settings_fields["name"] = args.name
-        settings = NeuronSettings(**settings_fields)
+        settings = load_settings(args)
+        host, port = parse_host_port(settings.listen)
     except (ValueError, ConfigError) as exc:
-        message = describe_validation_error(exc)[0] if hasattr(exc, "errors") else str(exc)
-        print(f"neuron: {message}", file=sys.stderr)
+        print(f"neuron: {exc}", file=sys.stderr)
         return 2
     from cortex.neuron.app import create_app
 

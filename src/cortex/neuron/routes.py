@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import hmac
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cortex.errors import AuthenticationFailed, CortexError, InvalidRequest
+from cortex.errors import AuthenticationFailed, InvalidRequest
+from cortex.neuron import completions as text_completions
 from cortex.neuron import serving
 from cortex.neuron.manager import ModelManager
+from cortex.neuron.prompting import plan_tools, render_prompt
 from cortex.neuron.settings import NeuronSettings
 from cortex.protocol import openai as oa
-from cortex.protocol.errors import error_headers, openai_error_body
 from cortex.protocol.parsing import parse_body, parse_json, parse_model
 from cortex.spec import ModelSpec
 
@@ -85,7 +85,8 @@ async def tokenize(request: Request) -> Response:
     assert model.engine is not None
     if "messages" in body:
         chat = parse_model(oa.ChatCompletionRequest, body)
-        text = serving.render_prompt(model, chat)
+        plan = plan_tools(chat, model.engine.info.chat_template)
+        text = render_prompt(model.engine.info, chat, plan)
     elif isinstance(body.get("prompt"), str):
         text = body["prompt"]
     else:
@@ -100,17 +101,29 @@ async def chat_completions(request: Request) -> Response:
     model = _manager(request).ready(chat.model)
     prepared = await serving.prepare_chat(model, chat)
     if chat.stream:
+        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
         return StreamingResponse(
-            serving.stream(model, prepared), media_type="text/event-stream", headers=SSE_HEADERS
+            serving.stream(model, prepared, include_usage),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
         )
     completion = await serving.complete(model, prepared)
     return Response(completion.model_dump_json(), media_type="application/json")
 
 
-async def cortex_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, CortexError)
-    body: dict[str, Any] = openai_error_body(exc)
-    return JSONResponse(body, status_code=exc.status, headers=error_headers(exc))
+async def completions(request: Request) -> Response:
+    body = parse_body(oa.CompletionRequest, await request.body())
+    model = _manager(request).ready(body.model)
+    prepared = await text_completions.prepare_completion(model, body)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            text_completions.stream_text(model, prepared, include_usage),
+            media_type="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+    completion = await text_completions.complete_text(model, prepared)
+    return Response(completion.model_dump_json(), media_type="application/json")
 
 
 ROUTES = [
@@ -122,4 +135,5 @@ ROUTES = [
     Route("/tokenize", tokenize, methods=["POST"]),
     Route("/v1/models", openai_models, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
 ]

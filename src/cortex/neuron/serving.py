@@ -7,10 +7,9 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
-from cortex.errors import ContextOverflow, CortexError, InvalidRequest, UpstreamError
-from cortex.neuron.chat import render_chat
+from cortex.errors import ContextOverflow, CortexError, InvalidRequest, Overloaded, UpstreamError
+from cortex.neuron import grammar
 from cortex.neuron.engines.base import (
     Event,
     Finished,
@@ -19,6 +18,8 @@ from cortex.neuron.engines.base import (
     TextChunk,
 )
 from cortex.neuron.manager import LoadedModel
+from cortex.neuron.prompting import ToolPlan, plan_tools, render_prompt
+from cortex.neuron.toolcalls import ParsedToolCall, ToolCallStreamParser, parse_tool_calls
 from cortex.protocol import openai as oa
 from cortex.protocol.errors import openai_error_body
 from cortex.protocol.sse import DONE, data_frame
@@ -38,98 +39,45 @@ class _QueueSink:
 
 
 @dataclass
-class PreparedChat:
-    """A validated request, its prompt tokens and its generation budget."""
+class Prepared:
+    """A validated request: prompt tokens, budget, sampling, and how to read the output."""
 
-    request: oa.ChatCompletionRequest
+    model: str
     prompt_tokens: list[int]
     max_new_tokens: int
+    sampling: SamplingParams
+    stop: list[str]
+    tools: ToolPlan | None = None
 
 
-def template_messages(request: oa.ChatCompletionRequest) -> list[dict[str, Any]]:
-    """OpenAI messages in the shape HF chat templates expect."""
-    out = []
-    for message in request.messages:
-        if isinstance(message.content, list):
-            kinds = {part.get("type") for part in message.content} - {"text"}
-            if kinds:
-                raise InvalidRequest(
-                    f"This model reads text only; content parts of type {sorted(kinds)} "
-                    "are not supported.",
-                    param="messages",
-                )
-        entry: dict[str, Any] = {
-            "role": "system" if message.role == "developer" else message.role,
-            "content": message.text(),
-        }
-        if message.tool_calls:
-            entry["tool_calls"] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.function.name, "arguments": _args(call)},
-                }
-                for call in message.tool_calls
-            ]
-        if message.tool_call_id:
-            entry["tool_call_id"] = message.tool_call_id
-        if message.name:
-            entry["name"] = message.name
-        out.append(entry)
-    return out
-
-
-def _args(call: oa.ToolCall) -> Any:
-    try:
-        return json.loads(call.function.arguments or "{}")
-    except ValueError:
-        return call.function.arguments
-
-
-def render_prompt(model: LoadedModel, request: oa.ChatCompletionRequest) -> str:
-    assert model.engine is not None
-    info = model.engine.info
-    tools = [tool.model_dump(exclude_none=True) for tool in request.tools or []] or None
-    return render_chat(
-        info.chat_template,
-        template_messages(request),
-        bos_token=info.bos_token,
-        eos_token=info.eos_token,
-        tools=tools,
-    )
-
-
-def _unsupported(request: oa.ChatCompletionRequest) -> None:
+def _check_supported(request: oa.ChatCompletionRequest) -> None:
     if request.n not in (None, 1):
         raise InvalidRequest("n > 1 is not supported; send one request per choice.", param="n")
     if request.logprobs:
         raise InvalidRequest("logprobs are not supported by this server.", param="logprobs")
-    kind = (request.response_format or {}).get("type", "text")
-    if kind != "text":
+
+
+def _output_grammar(request: oa.ChatCompletionRequest, plan: ToolPlan) -> str | None:
+    response_format = request.response_format or {"type": "text"}
+    kind = response_format.get("type", "text")
+    if plan.forced and kind != "text":
         raise InvalidRequest(
-            f"response_format '{kind}' is not supported by this server yet.",
+            "A forced tool_choice and a response_format cannot be combined.",
             param="response_format",
         )
+    if plan.forced:
+        return grammar.tool_call_grammar(plan.forced, plan.fmt)
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return grammar.json_object_grammar()
+    if kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        return grammar.json_schema_grammar(schema if schema is not None else {})
+    raise InvalidRequest(f"Unknown response_format type '{kind}'.", param="response_format")
 
 
-async def prepare_chat(model: LoadedModel, request: oa.ChatCompletionRequest) -> PreparedChat:
-    """Everything that can fail because of the request, before any response starts."""
-    _unsupported(request)
-    engine = model.engine
-    assert engine is not None
-    # Rendering and tokenizing a long conversation takes milliseconds: off the event loop.
-    text = await asyncio.to_thread(render_prompt, model, request)
-    tokens = await asyncio.to_thread(engine.tokenize_prompt, text)
-    context = engine.info.context_length
-    if len(tokens) >= context:
-        raise ContextOverflow(prompt_tokens=len(tokens), context_length=context, model=model.id)
-    room = context - len(tokens)
-    # A limit larger than the room left is clamped, not refused (clients ask for 32k).
-    wanted = request.token_limit()
-    return PreparedChat(request, tokens, room if wanted is None else min(wanted, room))
-
-
-def sampling_of(request: oa.SamplingFields) -> SamplingParams:
+def sampling_of(request: oa.SamplingFields, output_grammar: str | None = None) -> SamplingParams:
     return SamplingParams(
         temperature=1.0 if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
@@ -139,12 +87,56 @@ def sampling_of(request: oa.SamplingFields) -> SamplingParams:
         presence_penalty=request.presence_penalty or 0.0,
         frequency_penalty=request.frequency_penalty or 0.0,
         repetition_penalty=request.repetition_penalty or 1.0,
+        grammar=output_grammar,
     )
 
 
-async def generate(
-    model: LoadedModel, prepared: PreparedChat
-) -> AsyncIterator[TextChunk | Finished]:
+def admit(model: LoadedModel) -> None:
+    """Refuse at once when the model's batch and wait queue are both full."""
+    engine = model.engine
+    assert engine is not None
+    if model.in_flight >= engine.info.max_batch + model.spec.max_queue:
+        raise Overloaded(
+            f"The model '{model.id}' is at capacity ({engine.info.max_batch} running, "
+            f"{model.spec.max_queue} waiting); retry shortly.",
+            code="queue_full",
+            retry_after_s=1,
+        )
+
+
+def budget(model: LoadedModel, tokens: list[int], wanted: int | None) -> int:
+    """Tokens left to generate; a prompt that leaves no room is a 400 naming the numbers."""
+    assert model.engine is not None
+    context = model.engine.info.context_length
+    if len(tokens) >= context:
+        raise ContextOverflow(prompt_tokens=len(tokens), context_length=context, model=model.id)
+    room = context - len(tokens)
+    # A limit larger than the room left is clamped, not refused (clients ask for 32k).
+    return room if wanted is None else min(wanted, room)
+
+
+async def prepare_chat(model: LoadedModel, request: oa.ChatCompletionRequest) -> Prepared:
+    """Everything that can fail because of the request, before any response starts."""
+    _check_supported(request)
+    admit(model)
+    engine = model.engine
+    assert engine is not None
+    plan = plan_tools(request, engine.info.chat_template)
+    output_grammar = _output_grammar(request, plan)
+    # Rendering and tokenizing a long conversation takes milliseconds: off the event loop.
+    text = await asyncio.to_thread(render_prompt, engine.info, request, plan)
+    tokens = await asyncio.to_thread(engine.tokenize_prompt, text)
+    return Prepared(
+        model=model.id,
+        prompt_tokens=tokens,
+        max_new_tokens=budget(model, tokens, request.token_limit()),
+        sampling=sampling_of(request, output_grammar),
+        stop=request.stop_list(),
+        tools=plan if plan.active else None,
+    )
+
+
+async def generate(model: LoadedModel, prepared: Prepared) -> AsyncIterator[TextChunk | Finished]:
     """Run one sequence; closing the iterator early cancels it on the device."""
     engine = model.engine
     assert engine is not None
@@ -152,8 +144,8 @@ async def generate(
     job = GenerationRequest(
         prompt_tokens=prepared.prompt_tokens,
         max_new_tokens=prepared.max_new_tokens,
-        sampling=sampling_of(prepared.request),
-        stop=prepared.request.stop_list(),
+        sampling=prepared.sampling,
+        stop=prepared.stop,
         sink=sink,
     )
     model.in_flight += 1
@@ -170,26 +162,45 @@ async def generate(
         model.last_used = time.time()
 
 
-def _finish_error(event: Finished) -> CortexError:
+def finish_error(event: Finished) -> CortexError:
+    if event.error == "invalid grammar":
+        return InvalidRequest("The output grammar could not be compiled.")
     return UpstreamError(f"generation failed: {event.error}", code="engine_error")
 
 
-async def complete(model: LoadedModel, prepared: PreparedChat) -> oa.ChatCompletion:
+def _tool_calls(calls: list[ParsedToolCall]) -> list[oa.ToolCall]:
+    return [
+        oa.ToolCall(id=c.id, function=oa.FunctionCall(name=c.name, arguments=c.arguments))
+        for c in calls
+    ]
+
+
+async def complete(model: LoadedModel, prepared: Prepared) -> oa.ChatCompletion:
     parts: list[str] = []
     async for event in generate(model, prepared):
         if isinstance(event, TextChunk):
             parts.append(event.text)
             continue
         if event.reason not in _FINISH:
-            raise _finish_error(event)
+            raise finish_error(event)
+        content: str | None = "".join(parts)
+        calls: list[ParsedToolCall] = []
+        if prepared.tools is not None:
+            content, calls = parse_tool_calls(content, prepared.tools.fmt)
+            if not prepared.tools.parallel:
+                calls = calls[:1]
+        finish = "tool_calls" if calls else _FINISH[event.reason]
         return oa.ChatCompletion(
             id=oa.completion_id(),
             created=oa.now(),
             model=model.id,
             choices=[
                 oa.Choice(
-                    message=oa.AssistantMessage(content="".join(parts)),
-                    finish_reason=_FINISH[event.reason],  # type: ignore[arg-type]
+                    message=oa.AssistantMessage(
+                        content=content or (None if calls else ""),
+                        tool_calls=_tool_calls(calls) or None,
+                    ),
+                    finish_reason=finish,  # type: ignore[arg-type]
                 )
             ],
             usage=oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
@@ -197,11 +208,12 @@ async def complete(model: LoadedModel, prepared: PreparedChat) -> oa.ChatComplet
     raise UpstreamError("generation ended without a result")
 
 
-async def stream(model: LoadedModel, prepared: PreparedChat) -> AsyncIterator[bytes]:
-    """SSE frames: one role delta, content deltas, the finish, usage if asked, [DONE]."""
-    request = prepared.request
-    include_usage = bool(request.stream_options and request.stream_options.include_usage)
+async def stream(
+    model: LoadedModel, prepared: Prepared, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """SSE frames: one role delta, content and tool-call deltas, the finish, usage, [DONE]."""
     chunk_id, created = oa.completion_id(), oa.now()
+    parser = ToolCallStreamParser(prepared.tools.fmt) if prepared.tools else None
 
     def chunk(delta: oa.Delta, finish: str | None = None) -> bytes:
         return data_frame(
@@ -213,15 +225,36 @@ async def stream(model: LoadedModel, prepared: PreparedChat) -> AsyncIterator[by
             )
         )
 
+    def deltas(text: str, calls: list) -> list[bytes]:
+        out = [chunk(oa.Delta(content=text))] if text else []
+        for call in calls:
+            function = {"name": call.name, "arguments": call.arguments}
+            if call.name is None:
+                function = {"arguments": call.arguments}
+            tool_delta = oa.ToolCallDelta(
+                index=call.index,
+                id=call.id,
+                type="function" if call.id else None,
+                function=function,
+            )
+            out.append(chunk(oa.Delta(tool_calls=[tool_delta])))
+        return out
+
     yield chunk(oa.Delta(role="assistant", content=""))
     async for event in generate(model, prepared):
         if isinstance(event, TextChunk):
-            yield chunk(oa.Delta(content=event.text))
+            text, calls = parser.feed(event.text) if parser else (event.text, [])
+            for frame in deltas(text, calls):
+                yield frame
             continue
         if event.reason not in _FINISH:
-            yield data_frame(json.dumps(openai_error_body(_finish_error(event))).encode())
+            yield data_frame(json.dumps(openai_error_body(finish_error(event))).encode())
             return
-        yield chunk(oa.Delta(), _FINISH[event.reason])
+        if parser is not None:
+            for frame in deltas(*parser.finish()):
+                yield frame
+        finish = "tool_calls" if parser is not None and parser.calls else _FINISH[event.reason]
+        yield chunk(oa.Delta(), finish)
         if include_usage:
             usage = oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
             yield data_frame(

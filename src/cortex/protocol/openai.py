@@ -110,6 +110,16 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_tokens
 
 
+class CompletionRequest(SamplingFields):
+    """Legacy ``/v1/completions``: a raw prompt, no chat template."""
+
+    prompt: str | list[str] | list[int]
+    echo: bool | None = None
+    suffix: str | None = None
+    logprobs: int | None = None
+    best_of: int | None = None
+
+
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
@@ -195,6 +205,23 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
 
 
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: dict[str, Any] | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -209,8 +236,8 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+def completion_id(prefix: str = "chatcmpl") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 def now() -> int:

@@ -32,21 +32,26 @@ async def read_json_object(request: Request, state: GatewayState) -> dict[str, A
     return body
 
 
-async def chat_completions(request: Request) -> Response:
+async def _forward(request: Request, path: str, required: str) -> Response:
     state = state_of(request)
     state.keys.check(request)
     body = await read_json_object(request, state)
     # Full validation happens once, on the neuron; here only what routing needs.
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest(
-            "'messages' is required and must be a non-empty list.", param="messages"
-        )
+    if not body.get(required):
+        raise InvalidRequest(f"'{required}' is required.", param=required)
     headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
-    upstream = await state.proxy.open("/v1/chat/completions", body, headers)
+    upstream = await state.proxy.open(path, body, headers)
     if body.get("stream"):
         return state.proxy.stream(upstream)
     return await state.proxy.complete(upstream)
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _forward(request, "/v1/chat/completions", "messages")
+
+
+async def completions(request: Request) -> Response:
+    return await _forward(request, "/v1/completions", "prompt")
 
 
 async def list_models(request: Request) -> Response:

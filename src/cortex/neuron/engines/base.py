@@ -27,6 +27,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    # GBNF grammar the output must follow (JSON mode, schemas, forced tool calls).
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)

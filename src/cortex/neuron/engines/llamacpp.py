@@ -196,6 +196,12 @@ class LlamaCppEngine:
             if not free:
                 return
             request = self._waiting.popleft()
+            sampler = self._make_sampler(request)
+            if not sampler:
+                request.sink.put(
+                    Finished("error", len(request.prompt_tokens), 0, error="invalid grammar")
+                )
+                continue
             slot, reuse = self._best_slot(free, request.prompt_tokens)
             # Keep the shared prefix's KV, drop the rest of what the slot held.
             C.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
@@ -205,7 +211,7 @@ class LlamaCppEngine:
                 _Sequence(
                     request=request,
                     slot=slot,
-                    sampler=self._make_sampler(request),
+                    sampler=sampler,
                     text=TextAssembler(request.stop),
                     n_past=reuse,
                     cached=reuse,
@@ -226,9 +232,16 @@ class LlamaCppEngine:
         # At least one prompt token must be decoded again to get logits to sample from.
         return slot, min(shared(slot), len(prompt) - 1)
 
-    def _make_sampler(self, request: GenerationRequest) -> ctypes.c_void_p:
+    def _make_sampler(self, request: GenerationRequest) -> ctypes.c_void_p | None:
         params = request.sampling
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        if params.grammar:
+            # First in the chain: every later sampler only sees tokens the grammar allows.
+            grammar = C.llama_sampler_init_grammar(self._vocab, params.grammar.encode(), b"root")
+            if not grammar:
+                C.llama_sampler_free(chain)
+                return None
+            C.llama_sampler_chain_add(chain, grammar)
         if params.presence_penalty or params.frequency_penalty or params.repetition_penalty != 1.0:
             C.llama_sampler_chain_add(
                 chain,

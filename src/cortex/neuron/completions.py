@@ -1,0 +1,102 @@
+"""Legacy OpenAI ``/v1/completions``: a raw prompt in, text out, streaming too."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from cortex.errors import InvalidRequest
+from cortex.neuron.engines.base import Finished, TextChunk
+from cortex.neuron.manager import LoadedModel
+from cortex.neuron.serving import Prepared, admit, budget, finish_error, generate, sampling_of
+from cortex.protocol import openai as oa
+from cortex.protocol.errors import openai_error_body
+from cortex.protocol.sse import DONE, data_frame
+
+_FINISH = {"stop": "stop", "length": "length"}
+
+
+async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) -> Prepared:
+    unsupported = {
+        "echo": request.echo,
+        "suffix": request.suffix,
+        "logprobs": request.logprobs,
+        "best_of": request.best_of not in (None, 1),
+        "n": request.n not in (None, 1),
+    }
+    for field, value in unsupported.items():
+        if value:
+            raise InvalidRequest(f"'{field}' is not supported by this server.", param=field)
+    prompt = request.prompt
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        if len(prompt) != 1:
+            raise InvalidRequest("Send one prompt per request.", param="prompt")
+        prompt = prompt[0]
+    admit(model)
+    engine = model.engine
+    assert engine is not None
+    if isinstance(prompt, str):
+        tokens = await asyncio.to_thread(engine.tokenize_prompt, prompt)
+    else:
+        tokens = [int(t) for t in prompt]
+    if not tokens:
+        raise InvalidRequest("The prompt is empty.", param="prompt")
+    return Prepared(
+        model=model.id,
+        prompt_tokens=tokens,
+        max_new_tokens=budget(
+            model, tokens, 16 if request.max_tokens is None else request.max_tokens
+        ),
+        sampling=sampling_of(request),
+        stop=request.stop_list(),
+    )
+
+
+async def complete_text(model: LoadedModel, prepared: Prepared) -> oa.Completion:
+    parts: list[str] = []
+    async for event in generate(model, prepared):
+        if isinstance(event, TextChunk):
+            parts.append(event.text)
+            continue
+        if event.reason not in _FINISH:
+            raise finish_error(event)
+        return oa.Completion(
+            id=oa.completion_id("cmpl"),
+            created=oa.now(),
+            model=model.id,
+            choices=[oa.CompletionChoice(text="".join(parts), finish_reason=_FINISH[event.reason])],  # type: ignore[arg-type]
+            usage=oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
+        )
+    raise finish_error(Finished("error", 0, 0, error="generation ended without a result"))
+
+
+async def stream_text(
+    model: LoadedModel, prepared: Prepared, include_usage: bool
+) -> AsyncIterator[bytes]:
+    completion_id, created = oa.completion_id("cmpl"), oa.now()
+
+    def frame(text: str, finish: str | None = None, usage: oa.Usage | None = None) -> bytes:
+        choices = [] if usage else [oa.CompletionChoice(text=text, finish_reason=finish)]  # type: ignore[arg-type]
+        return data_frame(
+            oa.Completion(
+                id=completion_id, created=created, model=model.id, choices=choices, usage=usage
+            )
+        )
+
+    async for event in generate(model, prepared):
+        if isinstance(event, TextChunk):
+            yield frame(event.text)
+            continue
+        if event.reason not in _FINISH:
+            yield data_frame(json.dumps(openai_error_body(finish_error(event))).encode())
+            return
+        yield frame("", _FINISH[event.reason])
+        if include_usage:
+            yield frame(
+                "",
+                usage=oa.Usage.of(
+                    event.prompt_tokens, event.completion_tokens, event.cached_tokens
+                ),
+            )
+    yield DONE
