@@ -22,6 +22,7 @@ class ModelSpec(BaseModel):
     context_length: int = Field(default=4096, ge=64)
     max_batch: int = Field(default=4, ge=1, le=64)  # sequences decoded together
     max_queue: int = Field(default=64, ge=0)  # requests waiting beyond that; then 429
+    prefix_cache: bool = True  # reuse the KV of a previous request's common prefix
     pinned: bool = False
     priority: int = 50
     nodes: list[str] = Field(default_factory=list)

@@ -7,6 +7,7 @@ import json
 import jsonschema
 import openai
 import pytest
+
 from procs import MODEL, Gateway
 
 pytestmark = pytest.mark.slow
@@ -195,7 +196,7 @@ def test_legacy_completions(client: openai.OpenAI) -> None:
             temperature=0,
             max_tokens=6,
             stream=True,
-        )  # fmt: skip
+        )
     )
     assert "".join(c.choices[0].text for c in chunks) == reply.choices[0].text
     assert chunks[-1].choices[0].finish_reason == "length"

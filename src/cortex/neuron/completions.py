@@ -33,7 +33,6 @@ async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) 
         if len(prompt) != 1:
             raise InvalidRequest("Send one prompt per request.", param="prompt")
         prompt = prompt[0]
-    admit(model)
     engine = model.engine
     assert engine is not None
     if isinstance(prompt, str):
@@ -42,7 +41,7 @@ async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) 
         tokens = [int(t) for t in prompt]
     if not tokens:
         raise InvalidRequest("The prompt is empty.", param="prompt")
-    return Prepared(
+    prepared = Prepared(
         model=model.id,
         prompt_tokens=tokens,
         max_new_tokens=budget(
@@ -51,6 +50,7 @@ async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) 
         sampling=sampling_of(request),
         stop=request.stop_list(),
     )
+    return admit(model, prepared)
 
 
 async def complete_text(model: LoadedModel, prepared: Prepared) -> oa.Completion:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -106,6 +107,8 @@ async def chat_completions(request: Request) -> Response:
             serving.stream(model, prepared, include_usage),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
+            # also when the body never starts (the client left before the headers went out)
+            background=BackgroundTask(prepared.release),
         )
     completion = await serving.complete(model, prepared)
     return Response(completion.model_dump_json(), media_type="application/json")
@@ -121,6 +124,8 @@ async def completions(request: Request) -> Response:
             text_completions.stream_text(model, prepared, include_usage),
             media_type="text/event-stream",
             headers=SSE_HEADERS,
+            # also when the body never starts (the client left before the headers went out)
+            background=BackgroundTask(prepared.release),
         )
     completion = await text_completions.complete_text(model, prepared)
     return Response(completion.model_dump_json(), media_type="application/json")

@@ -48,6 +48,14 @@ class Prepared:
     sampling: SamplingParams
     stop: list[str]
     tools: ToolPlan | None = None
+    _holder: LoadedModel | None = None
+
+    def release(self) -> None:
+        """Give back the place ``admit`` reserved; safe to call more than once."""
+        if self._holder is not None:
+            self._holder.in_flight -= 1
+            self._holder.last_used = time.time()
+            self._holder = None
 
 
 def _check_supported(request: oa.ChatCompletionRequest) -> None:
@@ -91,8 +99,12 @@ def sampling_of(request: oa.SamplingFields, output_grammar: str | None = None) -
     )
 
 
-def admit(model: LoadedModel) -> None:
-    """Refuse at once when the model's batch and wait queue are both full."""
+def admit(model: LoadedModel, prepared: Prepared) -> Prepared:
+    """Reserve a place (running or waiting) for ``prepared``, or refuse at once: 429.
+
+    Counted here, before the response starts, so concurrent arrivals cannot all slip
+    past a queue that has room for one; released when generation ends.
+    """
     engine = model.engine
     assert engine is not None
     if model.in_flight >= engine.info.max_batch + model.spec.max_queue:
@@ -102,6 +114,9 @@ def admit(model: LoadedModel) -> None:
             code="queue_full",
             retry_after_s=1,
         )
+    model.in_flight += 1
+    prepared._holder = model
+    return prepared
 
 
 def budget(model: LoadedModel, tokens: list[int], wanted: int | None) -> int:
@@ -118,7 +133,6 @@ def budget(model: LoadedModel, tokens: list[int], wanted: int | None) -> int:
 async def prepare_chat(model: LoadedModel, request: oa.ChatCompletionRequest) -> Prepared:
     """Everything that can fail because of the request, before any response starts."""
     _check_supported(request)
-    admit(model)
     engine = model.engine
     assert engine is not None
     plan = plan_tools(request, engine.info.chat_template)
@@ -126,7 +140,7 @@ async def prepare_chat(model: LoadedModel, request: oa.ChatCompletionRequest) ->
     # Rendering and tokenizing a long conversation takes milliseconds: off the event loop.
     text = await asyncio.to_thread(render_prompt, engine.info, request, plan)
     tokens = await asyncio.to_thread(engine.tokenize_prompt, text)
-    return Prepared(
+    prepared = Prepared(
         model=model.id,
         prompt_tokens=tokens,
         max_new_tokens=budget(model, tokens, request.token_limit()),
@@ -134,6 +148,7 @@ async def prepare_chat(model: LoadedModel, request: oa.ChatCompletionRequest) ->
         stop=request.stop_list(),
         tools=plan if plan.active else None,
     )
+    return admit(model, prepared)
 
 
 async def generate(model: LoadedModel, prepared: Prepared) -> AsyncIterator[TextChunk | Finished]:
@@ -148,7 +163,6 @@ async def generate(model: LoadedModel, prepared: Prepared) -> AsyncIterator[Text
         stop=prepared.stop,
         sink=sink,
     )
-    model.in_flight += 1
     try:
         await model.worker.run(lambda: engine.submit(job))
         while True:
@@ -158,8 +172,7 @@ async def generate(model: LoadedModel, prepared: Prepared) -> AsyncIterator[Text
                 return
     finally:
         job.cancelled = True  # no-op once finished; frees the slot at the next step otherwise
-        model.in_flight -= 1
-        model.last_used = time.time()
+        prepared.release()
 
 
 def finish_error(event: Finished) -> CortexError:

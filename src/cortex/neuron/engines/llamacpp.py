@@ -103,6 +103,10 @@ class LlamaCppEngine:
         ctx_params.n_threads = n_threads
         ctx_params.n_threads_batch = n_threads
         ctx_params.kv_unified = False
+        # Flash attention (llama.cpp's default here) is 8% faster decoding and 20% faster
+        # prefill on this CPU; it also rounds through f16, which flips some near-tie greedy
+        # tokens against an fp32 reference (tests/e2e/test_reference_equality.py).
+        ctx_params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
         ctx_params.no_perf = True
         self._ctx = C.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
@@ -112,6 +116,7 @@ class LlamaCppEngine:
         self._context_length = C.llama_n_ctx_seq(self._ctx)
         self._batch = C.llama_batch_init(_BATCH_TOKENS + spec.max_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(spec.max_batch)]
+        self._prefix_cache = spec.prefix_cache
         self._waiting: deque[GenerationRequest] = deque()
         self._active: list[_Sequence] = []
         self._piece = ctypes.create_string_buffer(256)
@@ -218,9 +223,10 @@ class LlamaCppEngine:
                 )
             )
 
-    @staticmethod
-    def _best_slot(free: list[_Slot], prompt: list[int]) -> tuple[_Slot, int]:
+    def _best_slot(self, free: list[_Slot], prompt: list[int]) -> tuple[_Slot, int]:
         def shared(slot: _Slot) -> int:
+            if not self._prefix_cache:
+                return 0
             n = 0
             for a, b in zip(slot.tokens, prompt, strict=False):
                 if a != b:
