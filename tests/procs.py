@@ -140,7 +140,9 @@ class Gateway(Process):
         models: str | None = None,
         wait_for_models: set[str] | None = None,
         cwd: Path | None = None,
+        api_key: str | None = None,
     ) -> None:
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -164,7 +166,7 @@ class Gateway(Process):
     def _ready(self, wanted: set[str]) -> bool:
         if httpx.get(self.url + "/health", timeout=2).status_code != 200:
             return False
-        fleet = httpx.get(self.url + "/fleet", timeout=2).json()
+        fleet = httpx.get(self.url + "/fleet", timeout=2, headers=self._headers).json()
         ready = {
             m["id"] for node in fleet["nodes"] for m in node["models"] if m["state"] == "ready"
         }

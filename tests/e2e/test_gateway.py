@@ -147,3 +147,29 @@ def test_liveness_and_fleet(gateway: Gateway) -> None:
     assert node["devices"][0]["id"] == "cpu"
     assert [m["id"] for m in node["models"]] == [MODEL]
     assert fleet["models"][0]["loaded_on"] == ["n1"]
+
+
+def test_api_keys_guard_every_api_route(neuron: Neuron, tmp_path) -> None:
+    config = f"""
+[gateway]
+api_keys = ["sk-one", "sk-two"]
+
+[[neurons]]
+name = "{neuron.name}"
+endpoint = "{neuron.url}"
+"""
+    process = Gateway(tmp_path, config, "", api_key="sk-two")
+    try:
+        keyless = openai.OpenAI(base_url=process.url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            keyless.models.list()
+        with pytest.raises(openai.AuthenticationError):
+            keyless.chat.completions.create(model=MODEL, messages=COLORS, max_tokens=1)
+        assert httpx.get(process.url + "/fleet").status_code == 401
+        assert httpx.head(process.url + "/").status_code == 200  # liveness stays open
+        keyed = openai.OpenAI(base_url=process.url + "/v1", api_key="sk-one", max_retries=0)
+        assert keyed.chat.completions.create(model=MODEL, messages=COLORS, max_tokens=1)
+        by_header = httpx.get(process.url + "/v1/models", headers={"x-api-key": "sk-two"})
+        assert by_header.status_code == 200
+    finally:
+        process.stop()
