@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter
+from llama_cpp.llama_grammar import JSON_GBNF, PRIMITIVE_RULES, SchemaConverter
 
 from cortex.errors import InvalidRequest
 from cortex.neuron.toolcalls import ToolFormat
@@ -26,10 +26,42 @@ def _literal(text: str) -> str:
     return json.dumps(text)  # GBNF string literals escape like JSON strings
 
 
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+# Non-negative forms of llama.cpp's own integer and number rules (no leading "-").
+_NON_NEGATIVE = {
+    "integer": "integral-part space",
+    "number": 'integral-part ("." decimal-part)? ([eE] [-+]? integral-part)? space',
+}
+
+
+class _BoundedConverter(SchemaConverter):
+    """llama.cpp's converter ignores numeric bounds, so output could break the schema.
+
+    The common bound (a non-negative integer or number) becomes a grammar rule; any
+    other bound is refused up front rather than silently not enforced.
+    """
+
+    def visit(self, schema: dict, name: str) -> str:
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        bounds = {k: schema[k] for k in _BOUNDS if k in schema} if kind else {}
+        if kind in ("integer", "number") and bounds:
+            if bounds != {"minimum": 0}:
+                raise InvalidRequest(
+                    f"JSON schema bounds {bounds} on a {kind} cannot be enforced by the "
+                    "grammar; only minimum 0 is supported.",
+                    param="response_format",
+                )
+            primitive = "number" if kind == "number" else "integer"
+            # the primitive's helper rules (integral-part, decimal-part) come with it
+            self._add_primitive(primitive, PRIMITIVE_RULES[primitive])
+            return self._add_rule(name or "root", _NON_NEGATIVE[kind])
+        return super().visit(schema, name)
+
+
 def _convert(
     schema: dict[str, Any], rule: str, prop_order: list[str] | None = None
 ) -> SchemaConverter:
-    converter = SchemaConverter(
+    converter = _BoundedConverter(
         prop_order={name: i for i, name in enumerate(prop_order or [])},
         allow_fetch=False,  # a schema never makes the node fetch a URL
         dotall=False,
@@ -37,6 +69,8 @@ def _convert(
     )
     try:
         converter.visit(converter.resolve_refs(schema, "request"), rule)
+    except InvalidRequest:
+        raise
     except (KeyError, ValueError, TypeError, AssertionError, NotImplementedError) as exc:
         raise InvalidRequest(f"Unsupported JSON schema: {exc}", param="response_format") from exc
     return converter

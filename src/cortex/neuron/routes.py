@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -97,19 +98,26 @@ async def tokenize(request: Request) -> Response:
     return JSONResponse({"count": len(model.engine.tokenize_prompt(text))})
 
 
+def _event_stream(frames: AsyncIterator[bytes], prepared: serving.Prepared) -> Response:
+    return StreamingResponse(
+        frames,
+        media_type="text/event-stream",
+        headers=SSE_HEADERS,
+        # also when the body never starts (the client left before the headers went out)
+        background=BackgroundTask(prepared.release),
+    )
+
+
+def _wants_usage(body: oa.SamplingFields) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
 async def chat_completions(request: Request) -> Response:
     chat = parse_body(oa.ChatCompletionRequest, await request.body())
     model = _manager(request).ready(chat.model)
     prepared = await serving.prepare_chat(model, chat)
     if chat.stream:
-        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-        return StreamingResponse(
-            serving.stream(model, prepared, include_usage),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-            # also when the body never starts (the client left before the headers went out)
-            background=BackgroundTask(prepared.release),
-        )
+        return _event_stream(serving.stream(model, prepared, _wants_usage(chat)), prepared)
     completion = await serving.complete(model, prepared)
     return Response(completion.model_dump_json(), media_type="application/json")
 
@@ -119,14 +127,8 @@ async def completions(request: Request) -> Response:
     model = _manager(request).ready(body.model)
     prepared = await text_completions.prepare_completion(model, body)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            text_completions.stream_text(model, prepared, include_usage),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-            # also when the body never starts (the client left before the headers went out)
-            background=BackgroundTask(prepared.release),
-        )
+        frames = text_completions.stream_text(model, prepared, _wants_usage(body))
+        return _event_stream(frames, prepared)
     completion = await text_completions.complete_text(model, prepared)
     return Response(completion.model_dump_json(), media_type="application/json")
 
