@@ -7,14 +7,21 @@ import json
 from collections.abc import AsyncIterator
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.engines.base import Finished, TextChunk
+from cortex.neuron.engines.base import TextChunk
 from cortex.neuron.manager import LoadedModel
-from cortex.neuron.serving import Prepared, admit, budget, finish_error, generate, sampling_of
+from cortex.neuron.serving import (
+    FINISH_REASONS,
+    Prepared,
+    admit,
+    budget,
+    collect,
+    finish_error,
+    generate,
+    sampling_of,
+)
 from cortex.protocol import openai as oa
 from cortex.protocol.errors import openai_error_body
 from cortex.protocol.sse import DONE, data_frame
-
-_FINISH = {"stop": "stop", "length": "length"}
 
 
 async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) -> Prepared:
@@ -54,21 +61,15 @@ async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) 
 
 
 async def complete_text(model: LoadedModel, prepared: Prepared) -> oa.Completion:
-    parts: list[str] = []
-    async for event in generate(model, prepared):
-        if isinstance(event, TextChunk):
-            parts.append(event.text)
-            continue
-        if event.reason not in _FINISH:
-            raise finish_error(event)
-        return oa.Completion(
-            id=oa.completion_id("cmpl"),
-            created=oa.now(),
-            model=model.id,
-            choices=[oa.CompletionChoice(text="".join(parts), finish_reason=_FINISH[event.reason])],  # type: ignore[arg-type]
-            usage=oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
-        )
-    raise finish_error(Finished("error", 0, 0, error="generation ended without a result"))
+    text, event = await collect(model, prepared)
+    reason = FINISH_REASONS[event.reason]
+    return oa.Completion(
+        id=oa.completion_id("cmpl"),
+        created=oa.now(),
+        model=model.id,
+        choices=[oa.CompletionChoice(text=text, finish_reason=reason)],  # type: ignore[arg-type]
+        usage=oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
+    )
 
 
 async def stream_text(
@@ -88,10 +89,10 @@ async def stream_text(
         if isinstance(event, TextChunk):
             yield frame(event.text)
             continue
-        if event.reason not in _FINISH:
+        if event.reason not in FINISH_REASONS:
             yield data_frame(json.dumps(openai_error_body(finish_error(event))).encode())
             return
-        yield frame("", _FINISH[event.reason])
+        yield frame("", FINISH_REASONS[event.reason])
         if include_usage:
             yield frame(
                 "",

@@ -24,7 +24,8 @@ from cortex.protocol import openai as oa
 from cortex.protocol.errors import openai_error_body
 from cortex.protocol.sse import DONE, data_frame
 
-_FINISH = {"stop": "stop", "length": "length"}
+# Engine finish reasons that end a response normally, as OpenAI names them.
+FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 
 class _QueueSink:
@@ -188,37 +189,43 @@ def _tool_calls(calls: list[ParsedToolCall]) -> list[oa.ToolCall]:
     ]
 
 
-async def complete(model: LoadedModel, prepared: Prepared) -> oa.ChatCompletion:
+async def collect(model: LoadedModel, prepared: Prepared) -> tuple[str, Finished]:
+    """The whole generated text and how it ended; a failed generation raises."""
     parts: list[str] = []
     async for event in generate(model, prepared):
         if isinstance(event, TextChunk):
             parts.append(event.text)
-            continue
-        if event.reason not in _FINISH:
+        elif event.reason not in FINISH_REASONS:
             raise finish_error(event)
-        content: str | None = "".join(parts)
-        calls: list[ParsedToolCall] = []
-        if prepared.tools is not None:
-            content, calls = parse_tool_calls(content, prepared.tools.fmt)
-            if not prepared.tools.parallel:
-                calls = calls[:1]
-        finish = "tool_calls" if calls else _FINISH[event.reason]
-        return oa.ChatCompletion(
-            id=oa.completion_id(),
-            created=oa.now(),
-            model=model.id,
-            choices=[
-                oa.Choice(
-                    message=oa.AssistantMessage(
-                        content=content or (None if calls else ""),
-                        tool_calls=_tool_calls(calls) or None,
-                    ),
-                    finish_reason=finish,  # type: ignore[arg-type]
-                )
-            ],
-            usage=oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
-        )
+        else:
+            return "".join(parts), event
     raise UpstreamError("generation ended without a result")
+
+
+async def complete(model: LoadedModel, prepared: Prepared) -> oa.ChatCompletion:
+    text, event = await collect(model, prepared)
+    content: str | None = text
+    calls: list[ParsedToolCall] = []
+    if prepared.tools is not None:
+        content, calls = parse_tool_calls(content, prepared.tools.fmt)
+        if not prepared.tools.parallel:
+            calls = calls[:1]
+    finish = "tool_calls" if calls else FINISH_REASONS[event.reason]
+    return oa.ChatCompletion(
+        id=oa.completion_id(),
+        created=oa.now(),
+        model=model.id,
+        choices=[
+            oa.Choice(
+                message=oa.AssistantMessage(
+                    content=content or (None if calls else ""),
+                    tool_calls=_tool_calls(calls) or None,
+                ),
+                finish_reason=finish,  # type: ignore[arg-type]
+            )
+        ],
+        usage=oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
+    )
 
 
 async def stream(
@@ -260,13 +267,15 @@ async def stream(
             for frame in deltas(text, calls):
                 yield frame
             continue
-        if event.reason not in _FINISH:
+        if event.reason not in FINISH_REASONS:
             yield data_frame(json.dumps(openai_error_body(finish_error(event))).encode())
             return
         if parser is not None:
             for frame in deltas(*parser.finish()):
                 yield frame
-        finish = "tool_calls" if parser is not None and parser.calls else _FINISH[event.reason]
+        finish = (
+            "tool_calls" if parser is not None and parser.calls else FINISH_REASONS[event.reason]
+        )
         yield chunk(oa.Delta(), finish)
         if include_usage:
             usage = oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
