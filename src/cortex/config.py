@@ -60,6 +60,8 @@ class GatewaySection(BaseModel):
     poll_interval_s: float = Field(default=2, gt=0)
     down_after_misses: int = Field(default=3, ge=1)
     request_body_limit_mb: int = Field(default=32, ge=1)
+    # a stream waiting on a cold load gets an SSE comment this often
+    stream_keepalive_s: float = Field(default=5, gt=0)
 
     @field_validator("listen", "metrics_listen")
     @classmethod

@@ -5,7 +5,8 @@ codes and dialect error types lives here and nowhere else.
 
     CortexError                    500 internal
     ├── InvalidRequest             400 bad JSON, missing or wrong fields
-    │   └── ContextOverflow        400 prompt longer than the model's context
+    │   ├── ContextOverflow        400 prompt longer than the model's context
+    │   └── ModelTooLarge          422 fits on no node even after every allowed eviction
     ├── AuthenticationFailed       401 missing or wrong API key / admin token
     ├── ModelNotFound              404 no model or alias by that name
     ├── RequestTooLarge            413 body over the size limit
@@ -73,6 +74,13 @@ class ContextOverflow(InvalidRequest):
         )
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
+
+
+class ModelTooLarge(InvalidRequest):
+    status = 422
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="model", code="model_too_large")
 
 
 class AuthenticationFailed(CortexError):

@@ -66,3 +66,39 @@ def test_node_dying_mid_stream_ends_the_stream_with_an_error(pair) -> None:
             if received == 5:
                 victim.kill()
     assert received >= 5
+
+
+def test_a_dead_nodes_model_is_loaded_elsewhere_on_the_next_request(tmp_path) -> None:
+    a = Neuron(tmp_path, "a", [f"{MODEL}={BUNDLED}"])
+    b = Neuron(tmp_path, "b")
+    config = f"""
+[gateway]
+poll_interval_s = 30
+
+[[neurons]]
+name = "a"
+endpoint = "{a.url}"
+
+[[neurons]]
+name = "b"
+endpoint = "{b.url}"
+"""
+    models = f'[[models]]\nid = "{MODEL}"\nsource = "{BUNDLED}"\ncontext_length = 1024\n'
+    gateway = Gateway(tmp_path, config, models, {MODEL})
+    try:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+        first = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=ESSAY, max_tokens=4
+        )
+        assert first.headers["x-cortex-node"] == "a"
+        a.kill()
+        again = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=ESSAY, max_tokens=4
+        )
+        assert again.headers["x-cortex-node"] == "b"
+        assert again.parse().choices[0].message.content
+        assert b.model(MODEL)["state"] == "ready"
+    finally:
+        gateway.stop()
+        b.stop()
+        a.stop()

@@ -196,6 +196,7 @@ def test_load_unload_and_admin_token(tmp_path) -> None:
         spec = {"id": "second", "source": BUNDLED, "context_length": 512, "max_batch": 1}
         refused = httpx.post(node.url + "/models/load", json=spec)
         assert refused.status_code == 401
+        assert httpx.post(node.url + "/models/estimate", json=spec).status_code == 401
         headers = {"Authorization": "Bearer s3cret"}
         loaded = httpx.post(node.url + "/models/load", json=spec, headers=headers, timeout=60)
         assert loaded.status_code == 200 and loaded.json()["state"] == "ready"
@@ -218,6 +219,30 @@ def test_load_unload_and_admin_token(tmp_path) -> None:
         assert again.status_code == 404
     finally:
         node.stop()
+
+
+def test_estimate_is_what_a_load_then_reports(neuron: Neuron) -> None:
+    spec = {"id": "estimated", "source": BUNDLED, "context_length": 1024, "max_batch": 2}
+    answer = httpx.post(neuron.url + "/models/estimate", json=spec, timeout=30)
+    assert answer.status_code == 200
+    body = answer.json()
+    parts = body["estimate"]
+    assert body["id"] == "estimated" and body["memory_mb"] > 0
+    assert body["memory_mb"] == parts["total_mb"]
+    assert parts["total_mb"] == parts["weights_mb"] + parts["kv_cache_mb"] + parts["overhead_mb"]
+    assert parts["format"] == "gguf" and parts["kv_tokens"] == 2048 and not parts["overridden"]
+    assert neuron.model("estimated") is None  # nothing was loaded
+    loaded = httpx.post(neuron.url + "/models/load", json=spec, timeout=60)
+    try:
+        assert loaded.status_code == 200
+        assert neuron.model("estimated")["memory_mb"] == body["memory_mb"]
+    finally:
+        httpx.post(neuron.url + "/models/unload", json={"id": "estimated"}, timeout=30)
+    missing = {"id": "x", "source": "file:/nonexistent/model.gguf"}
+    estimate_error = httpx.post(neuron.url + "/models/estimate", json=missing)
+    load_error = httpx.post(neuron.url + "/models/load", json=missing)
+    assert estimate_error.status_code == load_error.status_code == 400
+    assert estimate_error.json()["error"] == load_error.json()["error"]
 
 
 def test_memory_budget_refuses_a_model_that_does_not_fit(tmp_path) -> None:

@@ -77,7 +77,7 @@ def test_fleet_shows_nodes_devices_and_models() -> None:
         "up",
         "CPU (2 cores) 4000/24000 MB",
         "NVIDIA H100 10000/80000 MB, budget 40000 MB",
-        "smollm2-135m-instruct (ready, 2/1)",
+        "smollm2-135m-instruct (ready, 2/1, 300 MB)",
         "qwen3-8b (recovering, 0/0)",
         "beast",
         "down",

@@ -21,6 +21,7 @@ _STATE_STYLE = {
     "loading": "yellow",
     "recovering": "yellow",
     "poisoned": "red",
+    "unloading": "magenta",
 }
 
 
@@ -47,13 +48,16 @@ def render_fleet(fleet: dict[str, Any], console: Console, *, now: float | None =
         console.print(Text("No nodes configured.", style="dim"))
 
     catalogue = Table(title="Models", title_justify="left")
-    for column in ("model", "source", "pinned", "loaded on", "aliases"):
+    for column in ("model", "source", "pinned", "priority", "estimate", "loaded on", "aliases"):
         catalogue.add_column(column)
     for model in models:
+        estimate = model.get("memory_estimate_mb")
         catalogue.add_row(
             Text(str(model.get("id", "?")), style="bold"),
-            Text(str(model.get("source", ""))),
+            Text(str(model.get("source") or "")),
             Text("yes", style="cyan") if model.get("pinned") else _none(),
+            Text(str(model["priority"])) if model.get("priority") is not None else _none(),
+            Text(f"{estimate} MB") if isinstance(estimate, int | float) else _none(),
             _joined(model.get("loaded_on")),
             _joined(model.get("aliases")),
         )
@@ -61,6 +65,17 @@ def render_fleet(fleet: dict[str, Any], console: Console, *, now: float | None =
         console.print(catalogue)
     else:
         console.print(Text("No models in the catalogue.", style="dim"))
+    eviction = fleet.get("eviction")
+    if isinstance(eviction, dict):
+        console.print(
+            Text(
+                f"eviction: {eviction.get('strategy', '?')}, "
+                f"{eviction.get('cycles', 0)} cycles, idle unload after "
+                f"{eviction.get('idle_unload_after_s') or 'never'}"
+                f"{'s' if eviction.get('idle_unload_after_s') else ''}",
+                style="dim",
+            )
+        )
 
 
 def render_models(models: dict[str, Any], console: Console) -> None:
@@ -120,7 +135,11 @@ def _model_line(model: dict[str, Any]) -> Text:
     state = str(model.get("state", "?"))
     line = Text(f"{model.get('id', '?')} (")
     line.append(state, style=_STATE_STYLE.get(state, ""))
-    line.append(f", {model.get('in_flight', 0)}/{model.get('queued', 0)})")
+    line.append(f", {model.get('in_flight', 0)}/{model.get('queued', 0)}")
+    memory = model.get("memory_mb")
+    if isinstance(memory, int | float) and memory:
+        line.append(f", {round(memory)} MB")
+    line.append(")")
     return line
 
 

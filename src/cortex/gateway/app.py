@@ -59,13 +59,16 @@ def create_app(
         clients = {n.name: NeuronClient(n, session) for n in config.neurons}
         poller = Poller(fleet, clients, config.gateway.poll_interval_s, metrics)
         catalogue = Catalogue(models.models)
-        scheduler = Scheduler(fleet, catalogue, clients)
+        scheduler = Scheduler(
+            fleet, catalogue, clients, config.eviction, metrics, refresh=poller.poll_node
+        )
+        proxy = Proxy(scheduler, fleet, clients, poller, config.gateway.stream_keepalive_s)
         app.state.gateway = GatewayState(
             config=config,
             fleet=fleet,
             catalogue=catalogue,
             scheduler=scheduler,
-            proxy=Proxy(scheduler, fleet, clients, poller),
+            proxy=proxy,
             keys=ApiKeys(config.gateway.api_keys),
             metrics=metrics,
         )
@@ -73,6 +76,7 @@ def create_app(
         tasks = [
             asyncio.create_task(poller.run(), name="poller"),
             asyncio.create_task(scheduler.warm_pinned(), name="warm-pinned"),
+            asyncio.create_task(scheduler.run_housekeeping(), name="housekeeping"),
         ]
         try:
             yield
@@ -82,6 +86,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await scheduler.close()
             await session.close()
 
     return Starlette(

@@ -21,6 +21,7 @@ class ModelPhase(StrEnum):
     READY = "ready"
     POISONED = "poisoned"
     RECOVERING = "recovering"
+    UNLOADING = "unloading"  # the gateway is evicting it: no new requests go there
 
     @classmethod
     def parse(cls, value: str) -> ModelPhase:
@@ -40,9 +41,12 @@ class ModelOnNode:
     devices: list[str] = field(default_factory=list)
     last_used: float = 0.0
     context_length: int | None = None
+    pinned: bool = False
+    priority: int = 50
 
     @classmethod
     def from_status(cls, entry: dict[str, Any]) -> ModelOnNode:
+        spec = entry.get("spec") or {}
         return cls(
             id=str(entry["id"]),
             phase=ModelPhase.parse(str(entry.get("state", ""))),
@@ -52,6 +56,8 @@ class ModelOnNode:
             devices=list(entry.get("devices") or []),
             last_used=float(entry.get("last_used") or 0.0),
             context_length=entry.get("context_length"),
+            pinned=bool(spec.get("pinned", False)),
+            priority=int(spec.get("priority", 50)),
         )
 
 
@@ -64,17 +70,61 @@ class Node:
     error: str | None = None
     devices: list[dict[str, Any]] = field(default_factory=list)
     models: dict[str, ModelOnNode] = field(default_factory=dict)
-    # Requests this gateway has sent and not yet finished: fresher than the last poll.
-    active_requests: int = 0
+    # What this gateway knows before the next poll does: requests it has sent and not
+    # yet finished, when it last sent one per model, models it is evicting, and memory
+    # held for loads it has started.
+    active: dict[str, int] = field(default_factory=dict)
+    routed_at: dict[str, float] = field(default_factory=dict)
+    leaving: set[str] = field(default_factory=set)
+    reserved_mb: dict[str, int] = field(default_factory=dict)  # by device id
 
     @property
     def name(self) -> str:
         return self.endpoint.name
 
+    @property
+    def active_requests(self) -> int:
+        return sum(self.active.values())
+
     def load(self) -> int:
         """How busy the node is, for least-loaded routing."""
-        polled = sum(m.in_flight + m.queued for m in self.models.values())
-        return max(polled, self.active_requests)
+        return sum(self.in_flight(model_id) for model_id in self.models.keys() | self.active.keys())
+
+    def begin(self, model_id: str) -> None:
+        self.active[model_id] = self.active.get(model_id, 0) + 1
+        self.routed_at[model_id] = time.time()
+
+    def end(self, model_id: str) -> None:
+        left = self.active.get(model_id, 0) - 1
+        if left > 0:
+            self.active[model_id] = left
+        else:
+            self.active.pop(model_id, None)
+        self.routed_at[model_id] = time.time()
+
+    def in_flight(self, model_id: str) -> int:
+        """Requests running or queued for the model here, as best this gateway knows."""
+        active = self.active.get(model_id, 0)
+        model = self.models.get(model_id)
+        polled = model.in_flight + model.queued if model else 0
+        # A poll older than this gateway's last request start or end on the model may or
+        # may not count it; only a newer one also tells about requests from elsewhere.
+        if (self.last_seen or 0.0) <= self.routed_at.get(model_id, 0.0):
+            return active
+        return max(active, polled)
+
+    def busy(self, model_id: str) -> bool:
+        return self.in_flight(model_id) > 0
+
+    def last_used(self, model_id: str) -> float:
+        model = self.models.get(model_id)
+        return max(model.last_used if model else 0.0, self.routed_at.get(model_id, 0.0))
+
+    def phase(self, model_id: str) -> ModelPhase | None:
+        if model_id in self.leaving:
+            return ModelPhase.UNLOADING
+        model = self.models.get(model_id)
+        return model.phase if model else None
 
     def view(self) -> dict[str, Any]:
         return {
@@ -84,16 +134,19 @@ class Node:
             "error": self.error,
             "last_seen": self.last_seen,
             "devices": self.devices,
+            "reserved_mb": self.reserved_mb,
             "models": [
                 {
                     "id": m.id,
-                    "state": m.phase.value,
+                    "state": (self.phase(m.id) or m.phase).value,
                     "devices": m.devices,
                     "memory_mb": m.memory_mb,
-                    "in_flight": m.in_flight,
+                    "in_flight": self.in_flight(m.id),
                     "queued": m.queued,
-                    "last_used": m.last_used,
+                    "last_used": self.last_used(m.id),
                     "context_length": m.context_length,
+                    "pinned": m.pinned,
+                    "priority": m.priority,
                 }
                 for m in self.models.values()
             ],
@@ -137,7 +190,7 @@ class Fleet:
         return [
             node
             for node in self.nodes.values()
-            if node.up and (m := node.models.get(model_id)) and m.phase is ModelPhase.READY
+            if node.up and node.phase(model_id) is ModelPhase.READY
         ]
 
     def loaded_on(self, model_id: str) -> list[str]:

@@ -32,6 +32,16 @@ class NeuronClient:
             "POST", "/models/load", json=spec, headers=self._admin_headers(), timeout_s=timeout_s
         )
 
+    async def estimate(self, spec: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
+        """The memory a load of ``spec`` would take, read from the model's files."""
+        return await self._json(
+            "POST",
+            "/models/estimate",
+            json=spec,
+            headers=self._admin_headers(),
+            timeout_s=timeout_s,
+        )
+
     async def unload(self, model_id: str, timeout_s: float = 120) -> dict[str, Any]:
         return await self._json(
             "POST",

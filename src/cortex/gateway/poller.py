@@ -29,7 +29,7 @@ class Poller:
         self._wake = asyncio.Event()
 
     async def poll_once(self) -> None:
-        await asyncio.gather(*(self._poll(name) for name in self._clients))
+        await asyncio.gather(*(self.poll_node(name) for name in self._clients))
 
     def poke(self) -> None:
         """Poll now rather than at the next tick (after a load or a failure)."""
@@ -42,7 +42,8 @@ class Poller:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval_s)
 
-    async def _poll(self, name: str) -> None:
+    async def poll_node(self, name: str) -> None:
+        """Read one node's ``/status`` now and record the answer or the miss."""
         node = self._fleet.nodes[name]
         was_up = node.up
         try:

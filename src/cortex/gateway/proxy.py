@@ -8,6 +8,8 @@ stream with an error event instead.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -35,16 +37,20 @@ _TAIL_BYTES = 4096
 class Upstream:
     """An open response from a node, owned by whoever consumes it."""
 
-    def __init__(self, node: Node, response: aiohttp.ClientResponse) -> None:
+    def __init__(
+        self, node: Node, model_id: str, response: aiohttp.ClientResponse, scheduler: Scheduler
+    ) -> None:
         self.node = node
+        self.model_id = model_id
         self.response = response
+        self._scheduler = scheduler
         self._closed = False
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.response.close()  # drops the connection: the neuron sees the disconnect
-            self.node.active_requests -= 1
+            self._scheduler.release(self.node, self.model_id)
 
 
 class Proxy:
@@ -54,36 +60,45 @@ class Proxy:
         fleet: Fleet,
         clients: dict[str, NeuronClient],
         poller: Poller,
+        keepalive_s: float,
     ) -> None:
         self._scheduler = scheduler
         self._fleet = fleet
         self._clients = clients
         self._poller = poller
+        self._keepalive_s = keepalive_s
 
-    async def open(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> Upstream:
-        """Send ``body`` to a node serving ``body['model']``; retry elsewhere before any byte."""
-        model_id = self._scheduler.resolve(body["model"])
-        body = {**body, "model": model_id}
-        raw = json.dumps(body, separators=(",", ":")).encode()
+    async def open(
+        self,
+        path: str,
+        model_id: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        session: str | None = None,
+    ) -> Upstream:
+        """Send ``body`` to a node serving ``model_id``; retry elsewhere before any byte."""
+        raw = json.dumps({**body, "model": model_id}, separators=(",", ":")).encode()
         tried: set[str] = set()
         last_error: CortexError | None = None
         for _ in range(max(1, len(self._fleet.nodes))):
-            node = await self._scheduler.node_for(model_id, frozenset(tried))
-            node.active_requests += 1
+            node = await self._scheduler.acquire(model_id, frozenset(tried), session)
             try:
                 response = await self._clients[node.name].open_stream(path, raw, headers)
-            except NeuronUnreachable as exc:
-                node.active_requests -= 1
+            except BaseException as exc:
+                self._scheduler.release(node, model_id)
+                if not isinstance(exc, NeuronUnreachable):
+                    raise
                 log.warning("node=%s unreachable, trying another: %s", node.name, exc.message)
                 self._fleet.mark_down(node.name, exc.message)
                 self._poller.poke()
                 tried.add(node.name)
                 last_error = exc
                 continue
+            upstream = Upstream(node, model_id, response, self._scheduler)
             if response.status == 200:
-                return Upstream(node, response)
+                return upstream
             raw_error = await response.read()
-            Upstream(node, response).close()
+            upstream.close()
             error = error_from_openai_body(
                 response.status, raw_error, response.headers.get("Retry-After")
             )
@@ -93,6 +108,43 @@ class Proxy:
                 continue
             raise error
         raise last_error or ModelRecovering(model_id)
+
+    async def open_stream_after_load(
+        self,
+        path: str,
+        model_id: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        session: str | None = None,
+    ) -> Response:
+        """A stream for a model that must load first. A load that ends (or fails) within
+        one keep-alive period answers like any request, status code included; a longer
+        one starts the stream with SSE comments every period, so neither the client nor
+        a proxy between times out, then the tokens flow."""
+        opening = asyncio.ensure_future(self.open(path, model_id, body, headers, session))
+        try:
+            await asyncio.wait({opening}, timeout=self._keepalive_s)
+        except BaseException:
+            _abandon(opening)
+            raise
+        if opening.done():
+            return self.stream(opening.result())
+        return _LoadingStream(opening, self._after_load(opening, model_id))
+
+    async def _after_load(
+        self, opening: asyncio.Future[Upstream], model_id: str
+    ) -> AsyncIterator[bytes]:
+        comment = f": loading {model_id}\n\n".encode()
+        while not opening.done():
+            yield comment
+            await asyncio.wait({opening}, timeout=self._keepalive_s)
+        try:
+            upstream = opening.result()
+        except CortexError as error:
+            yield data_frame(json.dumps(openai_error_body(error)).encode())
+            return
+        async for chunk in self._relay(upstream):
+            yield chunk
 
     async def complete(self, upstream: Upstream) -> Response:
         try:
@@ -129,3 +181,35 @@ class Proxy:
             yield data_frame(json.dumps(openai_error_body(error)).encode())
         finally:
             upstream.close()
+
+
+def _close_if_opened(opening: asyncio.Future[Upstream]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+    else:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            opening.exception()  # consumed: no "exception never retrieved" warning
+
+
+class _LoadingStream(StreamingResponse):
+    """A streaming response that owns the pending open: however the response ends
+    (sent, client gone before the first byte), the request it opened is released."""
+
+    def __init__(self, opening: asyncio.Future[Upstream], content: AsyncIterator[bytes]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._opening = opening
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            _abandon(self._opening)
+
+
+def _abandon(opening: asyncio.Future[Upstream]) -> None:
+    """Cancel an open nobody will read, and close what it opened (closing twice is harmless)."""
+    if opening.done():
+        _close_if_opened(opening)
+    else:
+        opening.cancel()
+        opening.add_done_callback(_close_if_opened)

@@ -1,38 +1,73 @@
 """Which node serves a request, loading the model first when no node has it.
 
-Loads are single-flight per model: concurrent requests for a cold model wait
-on the same load and all see its outcome.
+Loads are single-flight per model: concurrent requests for a cold model wait on
+the same load (a bounded number of them) and all see its outcome. Where a load
+goes and what is evicted for it are decided by the pure functions of
+``placement``; this module carries the decisions out against the neurons.
+
+Every decision and the bookkeeping that protects it (reserved memory, models
+marked as leaving, requests counted as active) happen without an ``await`` in
+between, so on one event loop two decisions never see the same free memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from cortex.config import EvictionSection
 from cortex.errors import (
     CortexError,
     InsufficientMemory,
     InvalidRequest,
     ModelNotFound,
     ModelRecovering,
+    ModelTooLarge,
+    Overloaded,
     Unavailable,
 )
+from cortex.gateway.affinity import AffinityTable
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet, ModelPhase, Node
-from cortex.gateway.neuron_client import NeuronClient
+from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable
+from cortex.gateway.placement import LoadPlan, NoRoom, idle_models, plan_defrag, plan_load
+from cortex.gateway.rooms import rooms_of
 from cortex.spec import ModelSpec
 
 log = logging.getLogger("cortex.gateway.scheduler")
 
+Refresh = Callable[[str], Awaitable[None]]
+
 
 class Scheduler:
     def __init__(
-        self, fleet: Fleet, catalogue: Catalogue, clients: dict[str, NeuronClient]
+        self,
+        fleet: Fleet,
+        catalogue: Catalogue,
+        clients: dict[str, NeuronClient],
+        eviction: EvictionSection,
+        metrics: GatewayMetrics,
+        refresh: Refresh,
     ) -> None:
         self._fleet = fleet
         self._catalogue = catalogue
         self._clients = clients
+        self._eviction = eviction
+        self._metrics = metrics
+        self._refresh = refresh  # re-reads one node's /status
         self._loads: dict[str, asyncio.Task[Node]] = {}
+        self._waiting: dict[str, int] = {}
+        self._affinity = AffinityTable()
+        self.estimates: dict[str, dict[str, Any]] = {}
+        self.eviction_cycles = 0
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- routing -----------------------------------------------------------------
 
     def resolve(self, name: str) -> str:
         model_id = self._catalogue.resolve(name, self._fleet.loaded_ids())
@@ -40,10 +75,30 @@ class Scheduler:
             raise ModelNotFound(name, known=self._catalogue.ids(self._fleet.loaded_ids()))
         return model_id
 
-    async def node_for(self, model_id: str, exclude: frozenset[str] = frozenset()) -> Node:
-        """The least-loaded up node where ``model_id`` is ready, loading it if needed."""
+    def is_ready(self, model_id: str) -> bool:
+        return bool(self._fleet.holders(model_id))
+
+    async def acquire(
+        self, model_id: str, exclude: frozenset[str] = frozenset(), session: str | None = None
+    ) -> Node:
+        """A node to send one request for ``model_id`` to, counted active until ``release``."""
+        node = await self._node_for(model_id, exclude, session)
+        # no await since the node was chosen: eviction cannot take the model in between
+        node.begin(model_id)
+        if session is not None:
+            self._affinity.remember(session, node.name)
+        return node
+
+    def release(self, node: Node, model_id: str) -> None:
+        node.end(model_id)
+
+    async def _node_for(self, model_id: str, exclude: frozenset[str], session: str | None) -> Node:
         holders = [n for n in self._fleet.holders(model_id) if n.name not in exclude]
         if holders:
+            preferred = self._affinity.get(session) if session else None
+            for node in holders:
+                if node.name == preferred:
+                    return node
             return min(holders, key=Node.load)
         self._raise_if_recovering(model_id, exclude)
         profile = self._catalogue.profiles.get(model_id)
@@ -53,20 +108,48 @@ class Scheduler:
                 "profile in models.toml to load it from.",
                 retry_after_s=5,
             )
-        task = self._loads.get(model_id)
+        return await self._wait_for_load(profile, exclude)
+
+    async def _wait_for_load(self, profile: ModelSpec, exclude: frozenset[str]) -> Node:
+        waiting = self._waiting.get(profile.id, 0)
+        if waiting >= max(1, profile.max_queue):
+            raise Overloaded(
+                f"{waiting} requests already wait for '{profile.id}' to load; retry shortly.",
+                retry_after_s=5,
+            )
+        task = self._loads.get(profile.id)
         if task is None:
-            task = asyncio.create_task(self._load(profile, exclude))
-            self._loads[model_id] = task
-            task.add_done_callback(lambda _: self._loads.pop(model_id, None))
-        # shield: one waiter giving up must not cancel the load the others wait on
-        return await asyncio.shield(task)
+            task = asyncio.create_task(self._load(profile, exclude), name=f"load {profile.id}")
+            self._loads[profile.id] = task
+            task.add_done_callback(lambda _: self._loads.pop(profile.id, None))
+        self._set_waiting(profile.id, waiting + 1)
+        try:
+            # shield: one waiter giving up must not cancel the load the others wait on
+            return await asyncio.shield(task)
+        finally:
+            self._set_waiting(profile.id, self._waiting.get(profile.id, 1) - 1)
+
+    def _set_waiting(self, model_id: str, count: int) -> None:
+        if count > 0:
+            self._waiting[model_id] = count
+        else:
+            self._waiting.pop(model_id, None)
+        self._metrics.queue_depth.labels(model_id).set(count)
+
+    def _raise_if_recovering(self, model_id: str, exclude: frozenset[str]) -> None:
+        faulted = (ModelPhase.POISONED, ModelPhase.RECOVERING)
+        for node in self._fleet.nodes.values():
+            if node.up and node.name not in exclude and node.phase(model_id) in faulted:
+                raise ModelRecovering(model_id)
+
+    # -- operator actions ----------------------------------------------------------
 
     async def warm_pinned(self) -> None:
         """Load every pinned model that no node holds yet (at start-up)."""
         for profile in self._catalogue.profiles.values():
             if profile.pinned and not self._fleet.loaded_on(profile.id):
                 try:
-                    await self.node_for(profile.id)
+                    await self._wait_for_load(profile, frozenset())
                 except CortexError as exc:
                     log.error("pinned model=%s not loaded: %s", profile.id, exc.message)
 
@@ -78,32 +161,137 @@ class Scheduler:
                 f"The model '{model_id}' has no profile in models.toml to load it from.",
                 param="model",
             )
+        if node_name is None:
+            holders = self._fleet.holders(model_id)
+            if holders:
+                return holders[0]
+            return await self._wait_for_load(profile, frozenset())
         return await self._load(profile, frozenset(), only=node_name)
 
     async def unload(self, model_id: str, node_name: str | None = None) -> list[str]:
         names = [node_name] if node_name else self._fleet.loaded_on(model_id)
-        if not names:
+        if not names or any(model_id not in self._fleet.nodes[n].models for n in names):
             raise ModelNotFound(model_id)
         for name in names:
-            await self._clients[name].unload(model_id)
-            self._fleet.nodes[name].models.pop(model_id, None)
+            await self._unload(self._fleet.nodes[name], model_id, reason=None)
         return names
 
-    def _raise_if_recovering(self, model_id: str, exclude: frozenset[str]) -> None:
-        for node in self._fleet.nodes.values():
-            model = node.models.get(model_id)
-            if (
-                node.up
-                and node.name not in exclude
-                and model is not None
-                and model.phase in (ModelPhase.POISONED, ModelPhase.RECOVERING)
-            ):
-                raise ModelRecovering(model_id)
+    # -- loading and eviction --------------------------------------------------------
 
     async def _load(
         self, profile: ModelSpec, exclude: frozenset[str], only: str | None = None
     ) -> Node:
-        candidates = [
+        need_mb = await self._need_mb(profile, exclude, only)
+        failed = set(exclude)
+        last_error: CortexError | None = None
+        for _ in range(len(self._fleet.nodes)):
+            plan = self._plan(profile, need_mb, failed, only, last_error)
+            node = self._fleet.nodes[plan.node]
+            node.reserved_mb[plan.device] = node.reserved_mb.get(plan.device, 0) + need_mb
+            node.leaving.update(plan.evict)
+            started = time.perf_counter()
+            try:
+                for victim in plan.evict:
+                    await self._unload(node, victim, reason="capacity")
+                status = await self._clients[node.name].load(profile.model_dump())
+            except (InsufficientMemory, NeuronUnreachable) as exc:
+                # our picture of that node was wrong or it went away: try the next best
+                self._metrics.loads.labels(profile.id, node.name, "error").inc()
+                log.warning("load model=%s node=%s failed: %s", profile.id, node.name, exc)
+                if isinstance(exc, NeuronUnreachable):
+                    self._fleet.mark_down(node.name, exc.message)
+                failed.add(node.name)
+                last_error = exc
+                continue
+            except CortexError:
+                self._metrics.loads.labels(profile.id, node.name, "error").inc()
+                raise
+            finally:
+                node.leaving.difference_update(plan.evict)
+                with contextlib.suppress(CortexError):
+                    await self._refresh(node.name)
+                node.reserved_mb[plan.device] -= need_mb
+            seconds = time.perf_counter() - started
+            self._fleet.record_model(node.name, status)
+            self._metrics.loads.labels(profile.id, node.name, "ok").inc()
+            self._metrics.load_duration.labels(profile.id, node.name).observe(seconds)
+            log.info(
+                "loaded model=%s node=%s need_mb=%d evicted=%s seconds=%.2f",
+                profile.id,
+                node.name,
+                need_mb,
+                ",".join(plan.evict) or "-",
+                seconds,
+            )
+            if plan.evict:
+                self._count_eviction_cycle()
+            return node
+        raise last_error or Unavailable(f"No node could load '{profile.id}'.", retry_after_s=5)
+
+    def _plan(
+        self,
+        profile: ModelSpec,
+        need_mb: int,
+        failed: set[str],
+        only: str | None,
+        last_error: CortexError | None,
+    ) -> LoadPlan:
+        eligible = [
+            node
+            for node in self._fleet.nodes.values()
+            if node.up
+            and node.name not in failed
+            and (only is None or node.name == only)
+            and (not profile.nodes or node.name in profile.nodes)
+            and (only is not None or profile.id not in node.models)  # one copy per node
+        ]
+        if not eligible:
+            if last_error is not None:
+                raise last_error
+            where = f" (affinity: {', '.join(profile.nodes)})" if profile.nodes else ""
+            raise Unavailable(f"No reachable node may load '{profile.id}'{where}.", retry_after_s=5)
+        answer = plan_load(
+            rooms_of(eligible, self._catalogue.profiles), need_mb, self._eviction.strategy
+        )
+        if isinstance(answer, NoRoom):
+            raise self._no_room_error(profile, answer)
+        return answer
+
+    def _no_room_error(self, profile: ModelSpec, answer: NoRoom) -> CortexError:
+        where = f" on {answer.largest_slot_node}" if answer.largest_slot_node else ""
+        estimate = self.estimates.get(profile.id, {})
+        parts = ", ".join(
+            f"{name} {estimate[key]} MB"
+            for name, key in (
+                ("weights", "weights_mb"),
+                ("KV cache", "kv_cache_mb"),
+                ("overhead", "overhead_mb"),
+            )
+            if key in estimate
+        )
+        detail = f" ({parts})" if parts else ""
+        if answer.transient:
+            return Unavailable(
+                f"The model '{profile.id}' needs about {answer.need_mb} MB{detail}; that much "
+                "frees up only when requests in flight on other models finish. Retry shortly.",
+                code="no_memory_now",
+                retry_after_s=10,
+            )
+        return ModelTooLarge(
+            f"The model '{profile.id}' needs about {answer.need_mb} MB{detail}, but the "
+            f"largest slot any eligible node can free is {answer.largest_slot_mb} MB{where} "
+            "(pinned models stay). Lower its context_length or max_batch, or add memory."
+        )
+
+    async def _need_mb(self, profile: ModelSpec, exclude: frozenset[str], only: str | None) -> int:
+        """The profile's memory estimate in MB, read from the model's files once by a neuron."""
+        if profile.memory_mb is not None:
+            self.estimates.setdefault(profile.id, {"memory_mb": profile.memory_mb})
+            return profile.memory_mb
+        known = self.estimates.get(profile.id)
+        if known is not None:
+            return int(known["memory_mb"])
+        askable = [
             node
             for node in self._fleet.nodes.values()
             if node.up
@@ -111,20 +299,95 @@ class Scheduler:
             and (only is None or node.name == only)
             and (not profile.nodes or node.name in profile.nodes)
         ]
-        if not candidates:
-            raise Unavailable(
-                f"No reachable node may load '{profile.id}'"
-                + (f" (affinity: {', '.join(profile.nodes)})" if profile.nodes else ""),
-                retry_after_s=5,
-            )
-        errors: list[CortexError] = []
-        for node in sorted(candidates, key=Node.load):
+        last_error: CortexError | None = None
+        for node in sorted(askable, key=Node.load):
             try:
-                status = await self._clients[node.name].load(profile.model_dump())
-            except InsufficientMemory as exc:
-                errors.append(exc)
+                answer = await self._clients[node.name].estimate(profile.model_dump())
+            except NeuronUnreachable as exc:
+                last_error = exc
                 continue
-            log.info("loaded model=%s node=%s", profile.id, node.name)
-            self._fleet.record_model(node.name, status)
-            return node
-        raise errors[-1]
+            estimate = {"memory_mb": int(answer["memory_mb"]), **(answer.get("estimate") or {})}
+            self.estimates[profile.id] = estimate
+            log.info("estimate model=%s memory_mb=%d", profile.id, estimate["memory_mb"])
+            return estimate["memory_mb"]
+        raise last_error or Unavailable(
+            f"No reachable node may load '{profile.id}'.", retry_after_s=5
+        )
+
+    async def _unload(self, node: Node, model_id: str, reason: str | None) -> None:
+        node.leaving.add(model_id)
+        try:
+            await self._clients[node.name].unload(model_id)
+        except ModelNotFound:
+            pass  # already gone: the goal is reached
+        finally:
+            node.leaving.discard(model_id)
+        node.models.pop(model_id, None)
+        node.routed_at.pop(model_id, None)
+        if reason is not None:
+            self._metrics.evictions.labels(model_id, node.name, reason).inc()
+        log.info("unloaded model=%s node=%s reason=%s", model_id, node.name, reason or "operator")
+
+    # -- housekeeping: idle unloads and defrag ---------------------------------------
+
+    async def run_housekeeping(self) -> None:
+        """Unload models idle past ``idle_unload_after_s``; runs for the gateway's life."""
+        idle_after = self._eviction.idle_unload_after_s
+        if idle_after <= 0:
+            return
+        interval = min(10.0, max(0.2, idle_after / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.unload_idle()
+            except CortexError as exc:
+                log.warning("idle unload failed: %s", exc.message)
+
+    async def unload_idle(self) -> None:
+        up = [node for node in self._fleet.nodes.values() if node.up]
+        found = idle_models(
+            rooms_of(up, self._catalogue.profiles), time.time(), self._eviction.idle_unload_after_s
+        )
+        for idle in found:
+            node = self._fleet.nodes[idle.node]
+            if node.busy(idle.model_id):  # a request arrived while an earlier unload ran
+                continue
+            log.info("idle model=%s node=%s idle_s=%.0f", idle.model_id, idle.node, idle.idle_s)
+            await self._unload(node, idle.model_id, reason="idle")
+
+    def _count_eviction_cycle(self) -> None:
+        self.eviction_cycles += 1
+        every = self._eviction.defrag_after_cycles
+        if every and self.eviction_cycles % every == 0:
+            task = asyncio.create_task(self.defrag(), name="defrag")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def defrag(self) -> int:
+        """Re-pack idle models so one device's memory is free in one piece; returns moves done."""
+        up = [node for node in self._fleet.nodes.values() if node.up]
+        moves = plan_defrag(rooms_of(up, self._catalogue.profiles))
+        done = 0
+        for move in moves:
+            profile = self._catalogue.profiles.get(move.model_id)
+            if profile is None:
+                continue
+            try:
+                # load first, then unload: the model keeps serving throughout
+                await self._load(profile, frozenset(), only=move.target)
+                source = self._fleet.nodes[move.source]
+                if not source.busy(move.model_id):
+                    await self._unload(source, move.model_id, reason="defrag")
+                done += 1
+            except CortexError as exc:
+                log.warning("defrag move %s failed: %s", move, exc.message)
+                break
+        if moves:
+            log.info("defrag moved=%d of %d planned", done, len(moves))
+        return done
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -25,6 +25,7 @@ from cortex.errors import (
 from cortex.neuron.devices import Device, read_memory
 from cortex.neuron.engines import engine_for
 from cortex.neuron.engines.base import Engine
+from cortex.neuron.estimate import MemoryEstimate, estimate_memory
 from cortex.neuron.sources import parse_source, resolve_local
 from cortex.neuron.worker import DeviceWorker
 from cortex.spec import ModelSpec
@@ -129,15 +130,14 @@ class ModelManager:
                 return existing
             path = resolve_local(parse_source(spec.source), spec.quant)
             factory = engine_for(path)
+            estimate = await asyncio.to_thread(estimate_memory, path, spec)
             worker = self._pick_worker()
-            self._check_fits(worker.device, spec.memory_mb or path.stat().st_size // 2**20, spec)
-            model = LoadedModel(spec=spec, worker=worker)
+            self._check_fits(worker.device, estimate.total_mb, spec)
+            model = LoadedModel(spec=spec, worker=worker, memory_mb=estimate.total_mb)
             self._models[spec.id] = model
             started = time.perf_counter()
             try:
                 model.engine = await worker.run(lambda: _construct(factory, path, spec, worker))
-                model.memory_mb = spec.memory_mb or model.engine.info.memory_mb
-                self._check_fits(worker.device, model.memory_mb, spec, exclude=spec.id)
             except BaseException:
                 self._models.pop(spec.id, None)
                 if model.engine is not None:
@@ -152,6 +152,12 @@ class ModelManager:
                 time.perf_counter() - started,
             )
             return model
+
+    async def estimate(self, spec: ModelSpec) -> MemoryEstimate:
+        """What loading ``spec`` would take, from its files' headers; nothing is loaded."""
+        path = resolve_local(parse_source(spec.source), spec.quant)
+        engine_for(path)  # the same refusal a load would give for an unservable file
+        return await asyncio.to_thread(estimate_memory, path, spec)
 
     async def unload(self, model_id: str) -> None:
         async with self._lock:
@@ -197,12 +203,10 @@ class ModelManager:
             if m.worker.device.id == device.id and m.id != exclude
         )
 
-    def _check_fits(
-        self, device: Device, need_mb: int, spec: ModelSpec, exclude: str | None = None
-    ) -> None:
+    def _check_fits(self, device: Device, need_mb: int, spec: ModelSpec) -> None:
         if self._budget_mb is None:
             return
-        left = self._budget_mb - self._used_mb(device, exclude=exclude or spec.id)
+        left = self._budget_mb - self._used_mb(device, exclude=spec.id)
         if need_mb > left:
             raise InsufficientMemory(
                 f"model '{spec.id}' needs about {need_mb} MB on {device.id} but only {left} MB "

@@ -70,6 +70,15 @@ async def load_model(request: Request) -> Response:
     return JSONResponse(model.status())
 
 
+async def estimate_model(request: Request) -> Response:
+    _require_admin(request)
+    spec = parse_body(ModelSpec, await request.body())
+    estimate = await _manager(request).estimate(spec)
+    return JSONResponse(
+        {"id": spec.id, "memory_mb": estimate.total_mb, "estimate": estimate.as_dict()}
+    )
+
+
 async def unload_model(request: Request) -> Response:
     _require_admin(request)
     body = parse_json(await request.body())
@@ -139,6 +148,7 @@ ROUTES = [
     Route("/models", list_models, methods=["GET"]),
     Route("/models/load", load_model, methods=["POST"]),
     Route("/models/unload", unload_model, methods=["POST"]),
+    Route("/models/estimate", estimate_model, methods=["POST"]),
     Route("/tokenize", tokenize, methods=["POST"]),
     Route("/v1/models", openai_models, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),

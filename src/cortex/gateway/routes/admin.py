@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response
 
 from cortex.errors import InvalidRequest
 from cortex.gateway.state import state_of
+from cortex.gateway.views import model_entries
 from cortex.protocol.parsing import parse_json
 
 
@@ -24,20 +25,17 @@ async def health(request: Request) -> Response:
 async def fleet_view(request: Request) -> Response:
     state = state_of(request)
     state.keys.check(request)
-    fleet, catalogue = state.fleet, state.catalogue
+    eviction = state.config.eviction
     return JSONResponse(
         {
-            "nodes": [node.view() for node in fleet.nodes.values()],
-            "models": [
-                {
-                    "id": model_id,
-                    "source": p.source if (p := catalogue.profiles.get(model_id)) else None,
-                    "pinned": bool(p and p.pinned),
-                    "aliases": p.aliases if p else [],
-                    "loaded_on": fleet.loaded_on(model_id),
-                }
-                for model_id in catalogue.ids(fleet.loaded_ids())
-            ],
+            "nodes": [node.view() for node in state.fleet.nodes.values()],
+            "models": model_entries(state),
+            "eviction": {
+                "strategy": eviction.strategy,
+                "idle_unload_after_s": eviction.idle_unload_after_s,
+                "defrag_after_cycles": eviction.defrag_after_cycles,
+                "cycles": state.scheduler.eviction_cycles,
+            },
         }
     )
 

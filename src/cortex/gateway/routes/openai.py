@@ -8,7 +8,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cortex.errors import InvalidRequest, RequestTooLarge
+from cortex.gateway.affinity import session_key
 from cortex.gateway.state import GatewayState, state_of
+from cortex.gateway.views import model_entries
 from cortex.protocol import openai as oa
 from cortex.protocol.parsing import parse_json
 
@@ -40,7 +42,11 @@ async def _forward(request: Request, path: str, required: str) -> Response:
     if not body.get(required):
         raise InvalidRequest(f"'{required}' is required.", param=required)
     headers = {h: request.headers[h] for h in _FORWARDED_HEADERS if h in request.headers}
-    upstream = await state.proxy.open(path, body, headers)
+    model_id = state.scheduler.resolve(body["model"])
+    session = session_key(model_id, body, request.headers)
+    if body.get("stream") and not state.scheduler.is_ready(model_id):
+        return await state.proxy.open_stream_after_load(path, model_id, body, headers, session)
+    upstream = await state.proxy.open(path, model_id, body, headers, session)
     if body.get("stream"):
         return state.proxy.stream(upstream)
     return await state.proxy.complete(upstream)
@@ -57,18 +63,5 @@ async def completions(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     state = state_of(request)
     state.keys.check(request)
-    fleet, catalogue = state.fleet, state.catalogue
-    loaded = fleet.loaded_ids()
-    cards = []
-    for model_id in catalogue.ids(loaded):
-        profile = catalogue.profiles.get(model_id)
-        cards.append(
-            oa.ModelCard(
-                id=model_id,
-                owned_by="cortex",
-                loaded_on=fleet.loaded_on(model_id),
-                aliases=profile.aliases if profile else [],
-                pinned=profile.pinned if profile else False,
-            )
-        )
+    cards = [oa.ModelCard(owned_by="cortex", **entry) for entry in model_entries(state)]
     return JSONResponse(oa.ModelList(data=cards).model_dump())

@@ -76,7 +76,6 @@ class EngineInfo:
 
     context_length: int
     max_batch: int
-    memory_mb: int
     chat_template: str | None
     bos_token: str
     eos_token: str

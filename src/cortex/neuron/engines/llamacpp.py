@@ -31,10 +31,11 @@ from cortex.neuron.engines.base import (
     GenerationRequest,
     TextChunk,
 )
+from cortex.neuron.estimate import LLAMACPP_UBATCH_TOKENS
 from cortex.neuron.textstream import TextAssembler
 from cortex.spec import ModelSpec
 
-_BATCH_TOKENS = 512
+_BATCH_TOKENS = LLAMACPP_UBATCH_TOKENS  # the memory estimate sizes the compute buffer by it
 _PENALTY_WINDOW = 64
 _backend_ready = False
 
@@ -123,7 +124,6 @@ class LlamaCppEngine:
         self.info = EngineInfo(
             context_length=self._context_length,
             max_batch=spec.max_batch,
-            memory_mb=self._memory_mb(),
             chat_template=self._meta("tokenizer.chat_template"),
             bos_token=self._token_text(C.llama_vocab_bos(self._vocab)),
             eos_token=self._token_text(C.llama_vocab_eos(self._vocab)),
@@ -367,12 +367,3 @@ class LlamaCppEngine:
         buffer = ctypes.create_string_buffer(size + 1)
         C.llama_model_meta_val_str(self._model, key.encode(), buffer, size + 1)
         return buffer.value.decode(errors="replace")
-
-    def _memory_mb(self) -> int:
-        weights = C.llama_model_size(self._model)
-        n_layer = C.llama_model_n_layer(self._model)
-        n_head = max(1, C.llama_model_n_head(self._model))
-        head_dim = C.llama_model_n_embd(self._model) // n_head
-        kv_heads = C.llama_model_n_head_kv(self._model)
-        kv = 2 * n_layer * kv_heads * head_dim * 2 * self._context_length * len(self._slots)
-        return int((weights + kv) / 2**20) + 64  # + compute buffers

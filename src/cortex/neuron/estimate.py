@@ -1,0 +1,269 @@
+"""How much memory a model profile needs, worked out from file headers before any load.
+
+    total = weights + KV cache + overhead          (each rounded up to whole MiB)
+    KV    = kv_tokens * kv_heads_total * (key_length + value_length) * kv_dtype_bytes
+
+``kv_heads_total`` is the sum of KV heads over the layers (``n_layer * n_head_kv``
+when every layer has the same count). A spec's ``memory_mb`` overrides the total;
+the parts are still worked out, so an operator can compare the two.
+
+The GGUF estimate mirrors what ``engines/llamacpp.py`` asks llama.cpp for; it
+over-reports for sliding-window models (their SWA layers keep a shorter cache)
+and on GPUs (llama.cpp keeps the token embeddings in host memory).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cortex.errors import InvalidRequest
+from cortex.neuron.headers import GGUFHeader, Strings, read_gguf, safetensors_bytes
+from cortex.spec import ModelSpec
+
+MIB = 2**20
+# llama.cpp's micro-batch in our engine: its compute buffer is sized for this many tokens.
+LLAMACPP_UBATCH_TOKENS = 512
+_LLAMACPP_CTX_PAD = 256  # llama.cpp rounds each sequence's context up to a multiple of this
+_KV_F16 = 2  # llama.cpp's default KV cache type is f16
+_LOGIT_BYTES = 4  # logits are f32
+# Backend contexts, graph metadata and the in-memory vocabulary: ~18 MiB for
+# SmolLM2-135M's 49k-token vocabulary, rounded up for bigger ones.
+_BASE_OVERHEAD = 32 * MIB
+_TORCH_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+Format = Literal["gguf", "safetensors"]
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    format: Format
+    weights_mb: int
+    kv_cache_mb: int
+    overhead_mb: int
+    total_mb: int  # the override when ``overridden``, else the sum of the three parts
+    n_layer: int
+    n_head_kv: int  # per layer (the largest, when layers differ)
+    kv_heads_total: int  # summed over layers
+    key_length: int
+    value_length: int
+    kv_tokens: int  # KV cells allocated: per-sequence context * sequences
+    kv_dtype_bytes: int
+    n_vocab: int
+    overridden: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What the KV cache and the overhead depend on, whatever the file format."""
+
+    n_layer: int
+    kv_heads: tuple[int, ...]  # per layer
+    key_length: int
+    value_length: int
+    n_embd: int
+    n_vocab: int
+
+
+def estimate_memory(path: Path, spec: ModelSpec) -> MemoryEstimate:
+    """The estimate for ``spec`` served from ``path``: a GGUF file, or safetensors."""
+    if path.suffix == ".gguf":
+        return _estimate_gguf(path, spec)
+    if path.suffix == ".safetensors" or path.is_dir():
+        return _estimate_safetensors(path, spec)
+    raise InvalidRequest(
+        f"cannot estimate memory for '{path.name}': expected a GGUF file or safetensors"
+    )
+
+
+# -- GGUF ------------------------------------------------------------------------------
+
+
+def llamacpp_context_per_sequence(context_length: int, max_batch: int, train_ctx: int) -> int:
+    """The KV cells llama.cpp gives each sequence for our engine's context parameters.
+
+    The engine caps the context at the training context, asks for ``context *
+    max_batch`` cells in ``max_batch`` streams; llama.cpp pads the total and each
+    stream's share up to a multiple of 256 (``llama_context`` constructor).
+    """
+    context = min(context_length, train_ctx) if train_ctx > 0 else context_length
+    total = _pad(context * max_batch, _LLAMACPP_CTX_PAD)
+    return _pad(total // max_batch, _LLAMACPP_CTX_PAD)
+
+
+def _estimate_gguf(path: Path, spec: ModelSpec) -> MemoryEstimate:
+    header = read_gguf(path)
+    shape = _gguf_shape(header, path)
+    arch = header.fields["general.architecture"]
+    train_ctx = _int(header.fields.get(f"{arch}.context_length", 0))
+    per_sequence = llamacpp_context_per_sequence(spec.context_length, spec.max_batch, train_ctx)
+    # The compute buffer is reserved for the worst micro-batch, one whose every token
+    # asks for logits (n_ubatch x n_vocab f32: 96 MiB of SmolLM2's 98 MiB buffer), plus
+    # activations (~4 x n_embd floats a token measured; 8 kept for headroom). The
+    # output buffer holds one row of logits per sequence.
+    overhead = (
+        _BASE_OVERHEAD
+        + shape.n_vocab * _LOGIT_BYTES * (LLAMACPP_UBATCH_TOKENS + spec.max_batch)
+        + LLAMACPP_UBATCH_TOKENS * shape.n_embd * 4 * 8
+    )
+    return _assemble("gguf", spec, header.tensor_bytes, shape, per_sequence, _KV_F16, overhead)
+
+
+def _gguf_shape(header: GGUFHeader, path: Path) -> _Shape:
+    fields = header.fields
+    arch = fields.get("general.architecture")
+    if not isinstance(arch, str):
+        raise InvalidRequest(f"{path.name} has no general.architecture")
+
+    def get(key: str, default: Any = None) -> Any:
+        value = fields.get(f"{arch}.{key}", default)
+        if value is None:
+            raise InvalidRequest(f"{path.name} has no {arch}.{key}: cannot size its KV cache")
+        return value
+
+    n_layer = _int(get("block_count"))
+    n_embd = _int(get("embedding_length"))
+    n_head = _per_layer(get("attention.head_count"), n_layer)
+    # head_count_kv: absent means no grouped-query attention; an array means it varies
+    # by layer (0 on the recurrent layers of hybrid models).
+    kv_heads = _per_layer(get("attention.head_count_kv", get("attention.head_count")), n_layer)
+    head_dim = n_embd // max(1, max(n_head))
+    tokens = fields.get("tokenizer.ggml.tokens")
+    vocab = fields.get(f"{arch}.vocab_size", tokens.count if isinstance(tokens, Strings) else 0)
+    return _Shape(
+        n_layer=n_layer,
+        kv_heads=kv_heads,
+        key_length=_int(get("attention.key_length", head_dim)),
+        value_length=_int(get("attention.value_length", head_dim)),
+        n_embd=n_embd,
+        n_vocab=_int(vocab),
+    )
+
+
+# -- safetensors -------------------------------------------------------------------------
+
+
+def _estimate_safetensors(path: Path, spec: ModelSpec) -> MemoryEstimate:
+    directory = path if path.is_dir() else path.parent
+    files = [path] if path.is_file() else _safetensors_files(directory)
+    config = _read_config(directory)
+    shape = _config_shape(config, directory)
+    dtype = config.get("torch_dtype") or config.get("dtype")
+    # No dtype written: transformers' historical default is float32, the safe side.
+    kv_bytes = _TORCH_DTYPE_BYTES.get(str(dtype), 4) if dtype else 4
+    # The dense engine's batching is not decided yet: assume a full context per sequence,
+    # as the GGUF engine does, and one row of f32 logits per sequence.
+    overhead = _BASE_OVERHEAD + shape.n_vocab * _LOGIT_BYTES * spec.max_batch
+    weights = safetensors_bytes(files)
+    return _assemble("safetensors", spec, weights, shape, spec.context_length, kv_bytes, overhead)
+
+
+def _safetensors_files(directory: Path) -> list[Path]:
+    # The index names the shards when there is one: some repositories also ship a
+    # consolidated copy of the same weights beside them, which must not count twice.
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidRequest(f"{index.name} in {directory} is unreadable: {exc}") from None
+        return [directory / name for name in sorted(set(weight_map.values()))]
+    single = directory / "model.safetensors"
+    files = [single] if single.is_file() else sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise InvalidRequest(f"no safetensors files in {directory}")
+    return files
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidRequest(f"config.json in {directory} is unreadable: {exc}") from None
+    if not isinstance(config, dict):
+        raise InvalidRequest(f"config.json in {directory} is not a JSON object")
+    # Multimodal checkpoints keep the language model's shape under text_config.
+    if "num_hidden_layers" not in config and isinstance(config.get("text_config"), dict):
+        return {**config, **config["text_config"]}
+    return config
+
+
+def _config_shape(config: dict[str, Any], directory: Path) -> _Shape:
+    try:
+        n_layer = int(config["num_hidden_layers"])
+        n_head = int(config["num_attention_heads"])
+        n_embd = int(config["hidden_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"config.json in {directory} lacks {exc}") from None
+    head_dim = int(config.get("head_dim") or n_embd // max(1, n_head))
+    n_head_kv = int(config.get("num_key_value_heads") or n_head)
+    return _Shape(
+        n_layer=n_layer,
+        kv_heads=(n_head_kv,) * n_layer,
+        key_length=head_dim,
+        value_length=head_dim,
+        n_embd=n_embd,
+        n_vocab=int(config.get("vocab_size") or 0),
+    )
+
+
+# -- shared ------------------------------------------------------------------------------
+
+
+def _assemble(
+    fmt: Format,
+    spec: ModelSpec,
+    weight_bytes: int,
+    shape: _Shape,
+    per_sequence: int,
+    kv_dtype_bytes: int,
+    overhead_bytes: int,
+) -> MemoryEstimate:
+    kv_tokens = per_sequence * spec.max_batch
+    heads = sum(shape.kv_heads)
+    kv_bytes = kv_tokens * heads * (shape.key_length + shape.value_length) * kv_dtype_bytes
+    # Each part rounds up, and the total is their sum: an estimate never under-reports.
+    weights_mb, kv_mb, overhead_mb = (_ceil_mb(b) for b in (weight_bytes, kv_bytes, overhead_bytes))
+    return MemoryEstimate(
+        format=fmt,
+        weights_mb=weights_mb,
+        kv_cache_mb=kv_mb,
+        overhead_mb=overhead_mb,
+        total_mb=spec.memory_mb or weights_mb + kv_mb + overhead_mb,
+        n_layer=shape.n_layer,
+        n_head_kv=max(shape.kv_heads, default=0),
+        kv_heads_total=heads,
+        key_length=shape.key_length,
+        value_length=shape.value_length,
+        kv_tokens=kv_tokens,
+        kv_dtype_bytes=kv_dtype_bytes,
+        n_vocab=shape.n_vocab,
+        overridden=spec.memory_mb is not None,
+    )
+
+
+def _per_layer(value: Any, n_layer: int) -> tuple[int, ...]:
+    if isinstance(value, tuple):
+        if len(value) != n_layer:
+            raise InvalidRequest(f"per-layer head counts for {len(value)} of {n_layer} layers")
+        return tuple(_int(v) for v in value)
+    return (_int(value),) * n_layer
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"expected an integer in the model's metadata, got {value!r}")
+    return value
+
+
+def _pad(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _ceil_mb(size: int) -> int:
+    return -(-size // MIB)

@@ -1,0 +1,262 @@
+"""Fleet management over three real neurons with small memory budgets and one real gateway:
+cold loads, eviction policies, placement limits, node and session affinity, idle unloads.
+
+The bundled GGUF under several ids is the whole catalogue; its memory estimate at a
+small context sets each neuron's budget to hold three such models and no more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cortex.neuron.estimate import estimate_memory
+from cortex.neuron.sources import parse_source, resolve_local
+from cortex.spec import ModelSpec
+from procs import BUNDLED, Gateway, Neuron
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"context_length": 512, "max_batch": 1}
+HI = [{"role": "user", "content": "Say hi."}]
+LONG = {"role": "user", "content": "Write a very long essay about rivers."}
+NODES = ("n1", "n2", "n3")
+
+
+def profile(model_id: str, **fields: object) -> str:
+    values = {"id": model_id, "source": BUNDLED, **SMALL, **fields}
+    lines = [f"{key} = {_toml(value)}" for key, value in values.items()]
+    return "[[models]]\n" + "\n".join(lines) + "\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+@pytest.fixture(scope="module")
+def small_mb() -> int:
+    path = resolve_local(parse_source(BUNDLED), None)
+    return estimate_memory(path, ModelSpec(id="x", source=BUNDLED, **SMALL)).total_mb
+
+
+@pytest.fixture(scope="module")
+def neurons(tmp_path_factory: pytest.TempPathFactory, small_mb: int) -> Iterator[dict]:
+    tmp = tmp_path_factory.mktemp("fleet")
+    budget = str(int(small_mb * 3.5))
+    started = {name: Neuron(tmp, name, extra=["--memory-budget-mb", budget]) for name in NODES}
+    yield started
+    for neuron in started.values():
+        neuron.stop()
+
+
+@pytest.fixture
+def fleet(neurons: dict, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Starts a gateway over the three neurons, each emptied first; stops it afterwards."""
+    for neuron in neurons.values():
+        for model in neuron.status()["models"]:
+            httpx.post(neuron.url + "/models/unload", json={"id": model["id"]}, timeout=30)
+    started: list[Gateway] = []
+
+    def start(models: str, eviction: str = "", wait_for: set[str] | None = None) -> Gateway:
+        entries = "".join(
+            f'[[neurons]]\nname = "{name}"\nendpoint = "{n.url}"\n\n' for name, n in neurons.items()
+        )
+        config = (
+            "[gateway]\npoll_interval_s = 0.5\nstream_keepalive_s = 0.05\n\n"
+            f"[eviction]\n{eviction}\n\n{entries}"
+        )
+        gateway = Gateway(tmp_path, config, models, wait_for)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+def client(gateway: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+
+
+def ask(gateway: Gateway, model: str, messages: list | None = None, **headers: str) -> str:
+    """One short chat completion; returns the node that served it."""
+    reply = client(gateway).chat.completions.with_raw_response.create(
+        model=model, messages=messages or HI, max_tokens=4, extra_headers=headers or None
+    )
+    assert reply.parse().choices[0].message.content is not None
+    return reply.headers["x-cortex-node"]
+
+
+def placements(gateway: Gateway) -> dict[str, set[str]]:
+    fleet = httpx.get(gateway.url + "/fleet", timeout=5).json()
+    return {node["name"]: {m["id"] for m in node["models"]} for node in fleet["nodes"]}
+
+
+def metric(gateway: Gateway, name: str, **labels: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=5).text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def test_concurrent_requests_for_a_cold_model_cause_one_load(fleet) -> None:
+    gateway = fleet(profile("cold"))
+    assert placements(gateway) == {name: set() for name in NODES}
+    with ThreadPoolExecutor(10) as pool:
+        served = list(pool.map(lambda _: ask(gateway, "cold"), range(10)))
+    assert len(set(served)) == 1
+    assert metric(gateway, "cortex_model_loads_total", model="cold", result="ok") == 1
+    where = [name for name, models in placements(gateway).items() if "cold" in models]
+    assert where == served[:1]
+
+
+def test_a_stream_waiting_on_a_load_gets_keepalive_comments(fleet) -> None:
+    gateway = fleet(profile("streamed"))
+    body = {"model": "streamed", "messages": HI, "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[0] == ": loading streamed"
+    data = [line for line in lines if line.startswith("data: ")]
+    assert data[-1] == "data: [DONE]" and len(data) >= 3
+    # and the official SDK, which must skip the comments, reads a stream the same way
+    stream = client(gateway).chat.completions.create(
+        model="streamed", messages=HI, max_tokens=4, stream=True
+    )
+    assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
+
+
+def test_lru_evicts_the_least_recently_used_and_never_a_pinned_model(fleet) -> None:
+    models = "".join(
+        profile(name, nodes=["n1"], pinned=name == "keep") for name in ("keep", "a", "b", "c")
+    )
+    gateway = fleet(models, 'strategy = "lru"', wait_for={"keep"})
+    for name in ("a", "b", "a"):  # b is now the least recently used, keep the oldest
+        assert ask(gateway, name) == "n1"
+    assert placements(gateway)["n1"] == {"keep", "a", "b"}
+    assert ask(gateway, "c") == "n1"
+    assert placements(gateway)["n1"] == {"keep", "a", "c"}
+    assert metric(gateway, "cortex_model_evictions_total", model="b", reason="capacity") == 1
+    assert metric(gateway, "cortex_model_evictions_total", model="keep") == 0
+
+
+def test_priority_evicts_the_lowest_priority_first(fleet) -> None:
+    priorities = {"high": 90, "low": 10, "mid": 50, "new": 50}
+    models = "".join(profile(name, nodes=["n1"], priority=p) for name, p in priorities.items())
+    gateway = fleet(models, 'strategy = "priority"')
+    for name in ("high", "mid", "low"):  # low is the most recently used
+        ask(gateway, name)
+    ask(gateway, "new")
+    assert placements(gateway)["n1"] == {"high", "mid", "new"}
+    assert metric(gateway, "cortex_model_evictions_total", model="low") == 1
+
+
+def test_a_model_with_a_request_in_flight_is_not_evicted(fleet) -> None:
+    priorities = {"busy": 0, "b": 90, "c": 90, "d": 50}
+    models = "".join(profile(name, nodes=["n1"], priority=p) for name, p in priorities.items())
+    gateway = fleet(models, 'strategy = "priority"')
+    for name in ("busy", "b", "c"):
+        ask(gateway, name)
+    long = client(gateway).chat.completions.create(
+        model="busy",
+        messages=[LONG],
+        max_tokens=400,
+        stream=True,
+    )
+    first = next(iter(long))  # generating now: "busy" has a request in flight
+    assert first.choices
+    ask(gateway, "d")  # busy has the lowest priority, but b goes instead
+    assert placements(gateway)["n1"] == {"busy", "c", "d"}
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in long if chunk.choices)
+    assert text  # the stream went on to its end, untouched by the eviction
+
+
+def test_node_affinity_is_respected(fleet) -> None:
+    gateway = fleet(profile("pinned-to-n3", nodes=["n3"]))
+    assert ask(gateway, "pinned-to-n3") == "n3"
+
+
+def test_a_model_too_big_for_any_node_is_a_clear_error(fleet, small_mb: int) -> None:
+    gateway = fleet(profile("huge", context_length=32768, max_batch=8))
+    with pytest.raises(openai.UnprocessableEntityError) as caught:
+        ask(gateway, "huge")
+    message = caught.value.message
+    assert "'huge' needs about" in message and "largest slot" in message
+    assert caught.value.body["code"] == "model_too_large"
+    assert placements(gateway) == {name: set() for name in NODES}
+
+
+def test_a_conversation_stays_on_the_node_that_holds_its_prefix(fleet) -> None:
+    # two sequences at once, so the follow-up runs beside the long answer, not after it
+    gateway = fleet(profile("chat", nodes=["n1", "n2"], max_batch=2))
+    for node in ("n1", "n2"):
+        loaded = httpx.post(
+            gateway.url + "/fleet/load", json={"model": "chat", "node": node}, timeout=60
+        )
+        assert loaded.status_code == 200, loaded.text
+    opening = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    home = ask(gateway, "chat", opening)
+    # the same conversation asks for a long answer: its node becomes the busier one
+    busy = client(gateway).chat.completions.with_raw_response.create(
+        model="chat",
+        messages=[*opening, {"role": "assistant", "content": "Hello."}, LONG],
+        max_tokens=400,
+        stream=True,
+    )
+    assert busy.headers["x-cortex-node"] == home
+    chunks = busy.parse()
+    next(iter(chunks))
+    follow_up = [*opening, {"role": "assistant", "content": "Hello."}, HI[0]]
+    assert ask(gateway, "chat", follow_up) == home
+    other = "n2" if home == "n1" else "n1"
+    assert ask(gateway, "chat", [{"role": "user", "content": "A new topic."}]) == other
+    assert ask(gateway, "chat", **{"x-session-id": "s-1"}) == other
+    chunks.close()
+
+
+def test_idle_models_are_unloaded_but_pinned_ones_stay(fleet) -> None:
+    models = profile("idle") + profile("keep", pinned=True)
+    gateway = fleet(models, "idle_unload_after_s = 1", wait_for={"keep"})
+    ask(gateway, "idle")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        loaded = set().union(*placements(gateway).values())
+        if "idle" not in loaded:
+            break
+        time.sleep(0.2)
+    assert loaded == {"keep"}
+    assert metric(gateway, "cortex_model_evictions_total", model="idle", reason="idle") == 1
+    assert ask(gateway, "idle")  # and it comes back on demand
+
+
+def test_a_client_leaving_during_a_cold_load_leaves_nothing_in_flight(fleet) -> None:
+    gateway = fleet(profile("left"))
+    body = {"model": "left", "messages": HI, "max_tokens": 200, "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert next(r.iter_lines()) == ": loading left"
+
+    def settled() -> bool:
+        fleet_view = httpx.get(gateway.url + "/fleet", timeout=5).json()
+        models = [m for node in fleet_view["nodes"] for m in node["models"]]
+        return bool(models) and all(m["in_flight"] == 0 and m["queued"] == 0 for m in models)
+
+    deadline = time.monotonic() + 20
+    while not settled():
+        assert time.monotonic() < deadline, "a request is still counted in flight"
+        time.sleep(0.2)

