@@ -260,3 +260,26 @@ def test_a_client_leaving_during_a_cold_load_leaves_nothing_in_flight(fleet) -> 
     while not settled():
         assert time.monotonic() < deadline, "a request is still counted in flight"
         time.sleep(0.2)
+
+
+def test_defrag_moves_idle_models_so_one_node_is_free_in_one_piece(fleet) -> None:
+    models = (
+        profile("a")
+        + profile("b")
+        + profile("p1", pinned=True, nodes=["n3"])
+        + profile("p2", pinned=True, nodes=["n3"])
+    )
+    gateway = fleet(models, "defrag_after_cycles = 0", wait_for={"p1", "p2"})
+    for model, node in (("a", "n1"), ("b", "n2")):
+        answer = httpx.post(
+            gateway.url + "/fleet/load", json={"model": model, "node": node}, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+    # n1 and n2 each hold one small model; the largest free slot is 2.5 models wide
+    moved = httpx.post(gateway.url + "/fleet/defrag", timeout=60).json()["moved"]
+    assert moved == 1
+    after = placements(gateway)
+    assert after["n1"] == set()  # 3.5 models wide now
+    assert "a" in after["n2"] | after["n3"] and "b" in after["n2"]
+    assert ask(gateway, "a") != "n1"
+    assert metric(gateway, "cortex_model_evictions_total", model="a", reason="defrag") == 1

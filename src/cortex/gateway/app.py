@@ -35,6 +35,7 @@ ROUTES = [
     Route("/fleet", admin.fleet_view, methods=["GET"]),
     Route("/fleet/load", admin.fleet_load, methods=["POST"]),
     Route("/fleet/unload", admin.fleet_unload, methods=["POST"]),
+    Route("/fleet/defrag", admin.fleet_defrag, methods=["POST"]),
     Route("/v1/models", openai.list_models, methods=["GET"]),
     Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
     Route("/v1/completions", openai.completions, methods=["POST"]),

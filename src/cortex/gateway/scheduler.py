@@ -369,9 +369,7 @@ class Scheduler:
         moves = plan_defrag(rooms_of(up, self._catalogue.profiles))
         done = 0
         for move in moves:
-            profile = self._catalogue.profiles.get(move.model_id)
-            if profile is None:
-                continue
+            profile = self._catalogue.profiles[move.model_id]  # movable means it has one
             try:
                 # load first, then unload: the model keeps serving throughout
                 await self._load(profile, frozenset(), only=move.target)

@@ -66,3 +66,11 @@ async def fleet_unload(request: Request) -> Response:
     model_id = state.scheduler.resolve(name)
     nodes = await state.scheduler.unload(model_id, node_name)
     return JSONResponse({"model": model_id, "nodes": nodes, "unloaded": True})
+
+
+async def fleet_defrag(request: Request) -> Response:
+    """Re-pack now rather than after the next ``defrag_after_cycles`` evictions."""
+    state = state_of(request)
+    state.keys.check(request)
+    moved = await state.scheduler.defrag()
+    return JSONResponse({"moved": moved})
