@@ -1,0 +1,153 @@
+"""OpenAI chat completion (a decoded JSON dict) -> Anthropic ``Message``.
+
+Also the decisions the stream converter shares, so a streamed answer and the
+same answer returned whole agree: the stop reason, tool input, usage.
+
+Stop sequences: OpenAI says ``finish_reason: "stop"`` both for the end of the
+turn and for a stop string, and leaves the string out of the text. Which one
+matched is read, in order, from
+
+1. ``choices[].stop_reason`` when it is a string (vLLM's extension; an int
+   there is the EOS token id), or ``choices[].stop_sequence`` (cortex neurons);
+2. the end of the generated text, for backends that leave the stop string in;
+
+and counts only if it is one of the request's ``stop_sequences``. Otherwise
+the stop is ``end_turn``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cortex.errors import UpstreamError
+from cortex.protocol import anthropic as an
+from cortex.translate import ids
+from cortex.translate.thinking import ThinkSplitter, signature_for
+
+_TOOL_FINISHES = {"tool_calls", "function_call", "tool"}  # "tool": llama.cpp, legacy
+_FINISH_TO_STOP: dict[str, an.StopReason] = {"length": "max_tokens", "content_filter": "refusal"}
+
+
+def to_message(
+    completion: Mapping[str, Any],
+    *,
+    model: str | None = None,
+    stop_sequences: Sequence[str] = (),
+    message_id: str | None = None,
+) -> an.Message:
+    """The Anthropic message for a non-streamed chat completion.
+
+    ``model`` is the name the client asked for (the backend's name otherwise);
+    ``stop_sequences`` are the request's, to tell a stop string from the end of turn.
+    """
+    choices = completion.get("choices") or []
+    if not choices:
+        raise UpstreamError("The backend answered without a choice.", code="empty_choices")
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content = message.get("content") or ""
+    msg_id = message_id or ids.message_id(completion.get("id"))
+
+    thinking = reasoning_of(message)
+    text = ""
+    splitter = ThinkSplitter()
+    for kind, piece in [*splitter.feed(content), *splitter.finish()]:
+        if kind == "thinking":
+            thinking += piece
+        else:
+            text += piece
+    blocks: list[an.TextBlock | an.ThinkingBlock | an.ToolUseBlock] = []
+    if thinking:
+        blocks.append(an.ThinkingBlock(thinking=thinking, signature=signature_for(thinking)))
+    if text.strip():  # whitespace alone (before a tool call, say) is no answer
+        blocks.append(an.TextBlock(text=text))
+    for index, call in enumerate(message.get("tool_calls") or []):
+        function = call.get("function") or {}
+        blocks.append(
+            an.ToolUseBlock(
+                id=ids.to_anthropic_tool_id(call.get("id") or ids.fallback_call_id(msg_id, index)),
+                name=function.get("name") or "",
+                input=tool_input(function.get("arguments") or ""),
+            )
+        )
+    reason, sequence = stop_reason(
+        choice.get("finish_reason"),
+        tool_use=any(isinstance(b, an.ToolUseBlock) for b in blocks),
+        matched=matched_stop(choice),
+        text=content,
+        stop_sequences=stop_sequences,
+    )
+    return an.Message(
+        id=msg_id,
+        model=model or str(completion.get("model") or ""),
+        content=blocks,
+        stop_reason=reason,
+        stop_sequence=sequence,
+        usage=usage_of(completion.get("usage")),
+    )
+
+
+def reasoning_of(delta_or_message: Mapping[str, Any]) -> str:
+    """Reasoning a backend returns apart from the content (vLLM, llama.cpp, DeepSeek)."""
+    value = delta_or_message.get("reasoning_content") or delta_or_message.get("reasoning")
+    return value if isinstance(value, str) else ""
+
+
+def matched_stop(choice: Mapping[str, Any]) -> str | None:
+    """The stop string a backend says it matched, from its non-standard fields."""
+    for key in ("stop_reason", "stop_sequence"):
+        value = choice.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def stop_reason(
+    finish_reason: str | None,
+    *,
+    tool_use: bool,
+    matched: str | None,
+    text: str,
+    stop_sequences: Sequence[str],
+) -> tuple[an.StopReason, str | None]:
+    """``(stop_reason, stop_sequence)``; tool calls win whatever the backend said."""
+    if tool_use:
+        return "tool_use", None
+    if finish_reason in _FINISH_TO_STOP:
+        return _FINISH_TO_STOP[finish_reason], None
+    stops = [s for s in stop_sequences if s]
+    if matched is not None and matched in stops:
+        return "stop_sequence", matched
+    tails = [s for s in stops if text.endswith(s)]
+    if tails:
+        return "stop_sequence", max(tails, key=len)
+    # "stop", a tool finish without tool calls, or no finish at all (a cut stream).
+    return "end_turn", None
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A tool call's arguments as the object Anthropic clients expect."""
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError as exc:
+        raise UpstreamError(
+            f"The backend returned tool arguments that are not JSON: {arguments[:200]!r}",
+            code="bad_tool_arguments",
+        ) from exc
+    if not isinstance(value, dict):
+        raise UpstreamError(
+            f"The backend returned tool arguments that are not a JSON object: {arguments[:200]!r}",
+            code="bad_tool_arguments",
+        )
+    return value
+
+
+def usage_of(usage: Mapping[str, Any] | None) -> an.Usage:
+    """Prompt tokens are all reported as ``input_tokens``; cache fields stay 0."""
+    usage = usage or {}
+    return an.Usage(
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        output_tokens=int(usage.get("completion_tokens") or 0),
+    )
