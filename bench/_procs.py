@@ -34,11 +34,18 @@ def free_port() -> int:
 class Server:
     """A child process serving HTTP on a loopback port; ``stop`` kills its process group."""
 
-    def __init__(self, name: str, argv: list[str], port: int, log_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
-        env = {k: v for k, v in os.environ.items() if k != "NEURON_TOKEN"}
+        env = {k: v for k, v in os.environ.items() if k != "NEURON_TOKEN"} | (extra_env or {})
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
