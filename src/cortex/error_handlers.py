@@ -1,4 +1,4 @@
-"""Starlette exception handlers that answer in the OpenAI error envelope."""
+"""Starlette exception handlers that answer in the client's dialect's error envelope."""
 
 from __future__ import annotations
 
@@ -10,22 +10,31 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cortex.errors import CortexError
-from cortex.protocol.errors import error_headers, openai_error_body
+from cortex.protocol.errors import anthropic_error_body, error_headers, openai_error_body
 
 Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
 
+ANTHROPIC_PATH = "/v1/messages"  # and /v1/messages/count_tokens
 
-def openai_error_handlers(log: logging.Logger) -> dict[Any, Handler]:
+
+def error_body(request: Request, error: CortexError) -> dict:
+    """The envelope of the dialect the route speaks."""
+    if request.url.path.startswith(ANTHROPIC_PATH):
+        return anthropic_error_body(error)
+    return openai_error_body(error)
+
+
+def error_handlers(log: logging.Logger) -> dict[Any, Handler]:
     async def known(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CortexError)
         return JSONResponse(
-            openai_error_body(exc), status_code=exc.status, headers=error_headers(exc)
+            error_body(request, exc), status_code=exc.status, headers=error_headers(exc)
         )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         # A bug, not the client's fault: log it whole, answer without internals.
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         error = CortexError("Internal error; see the server log.")
-        return JSONResponse(openai_error_body(error), status_code=500)
+        return JSONResponse(error_body(request, error), status_code=500)
 
     return {CortexError: known, Exception: unexpected}

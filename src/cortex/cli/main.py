@@ -118,6 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=port,
             log_level="warning",
             access_log=False,
+            proxy_headers=False,  # nothing here reads X-Forwarded-*; skip parsing them
             timeout_graceful_shutdown=5,
         )
     except KeyboardInterrupt:

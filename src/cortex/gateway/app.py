@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from cortex.config import GatewayConfig, ModelsConfig
-from cortex.error_handlers import openai_error_handlers
+from cortex.error_handlers import error_handlers
 from cortex.gateway.auth import ApiKeys
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
@@ -23,22 +23,25 @@ from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neuron_client import NeuronClient
 from cortex.gateway.poller import Poller
 from cortex.gateway.proxy import Proxy
-from cortex.gateway.routes import admin, openai
+from cortex.gateway.routes import admin, anthropic, openai
 from cortex.gateway.scheduler import Scheduler
 from cortex.gateway.state import GatewayState
 
 log = logging.getLogger("cortex.gateway")
 
 ROUTES = [
+    # the API routes first: Starlette tries routes in order, on every request
+    Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
+    Route("/v1/completions", openai.completions, methods=["POST"]),
+    Route("/v1/messages", anthropic.messages, methods=["POST"]),
+    Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
+    Route("/v1/models", openai.list_models, methods=["GET"]),
     Route("/", admin.root, methods=["GET", "HEAD"]),
     Route("/health", admin.health, methods=["GET"]),
     Route("/fleet", admin.fleet_view, methods=["GET"]),
     Route("/fleet/load", admin.fleet_load, methods=["POST"]),
     Route("/fleet/unload", admin.fleet_unload, methods=["POST"]),
     Route("/fleet/defrag", admin.fleet_defrag, methods=["POST"]),
-    Route("/v1/models", openai.list_models, methods=["GET"]),
-    Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
-    Route("/v1/completions", openai.completions, methods=["POST"]),
 ]
 
 
@@ -93,5 +96,5 @@ def create_app(
     return Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        exception_handlers=openai_error_handlers(log),
+        exception_handlers=error_handlers(log),
     )

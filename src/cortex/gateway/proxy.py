@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,9 +21,9 @@ from cortex.errors import CortexError, ModelRecovering, UpstreamError
 from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable
 from cortex.gateway.poller import Poller
+from cortex.gateway.renderers import PROMPT_TOKENS_HEADER, Renderer
 from cortex.gateway.scheduler import Scheduler
-from cortex.protocol.errors import error_from_openai_body, openai_error_body
-from cortex.protocol.sse import data_frame
+from cortex.protocol.errors import error_from_openai_body
 
 log = logging.getLogger("cortex.gateway.proxy")
 
@@ -72,12 +71,12 @@ class Proxy:
         self,
         path: str,
         model_id: str,
-        body: dict[str, Any],
+        raw: bytes,
         headers: dict[str, str],
         session: str | None = None,
     ) -> Upstream:
-        """Send ``body`` to a node serving ``model_id``; retry elsewhere before any byte."""
-        raw = json.dumps({**body, "model": model_id}, separators=(",", ":")).encode()
+        """Send the JSON body ``raw`` to a node serving ``model_id``; retry elsewhere
+        before any byte."""
         tried: set[str] = set()
         last_error: CortexError | None = None
         for _ in range(max(1, len(self._fleet.nodes))):
@@ -113,26 +112,27 @@ class Proxy:
         self,
         path: str,
         model_id: str,
-        body: dict[str, Any],
+        raw: bytes,
         headers: dict[str, str],
-        session: str | None = None,
+        session: str | None,
+        renderer: Renderer,
     ) -> Response:
         """A stream for a model that must load first. A load that ends (or fails) within
         one keep-alive period answers like any request, status code included; a longer
         one starts the stream with SSE comments every period, so neither the client nor
         a proxy between times out, then the tokens flow."""
-        opening = asyncio.ensure_future(self.open(path, model_id, body, headers, session))
+        opening = asyncio.ensure_future(self.open(path, model_id, raw, headers, session))
         try:
             await asyncio.wait({opening}, timeout=self._keepalive_s)
         except BaseException:
             _abandon(opening)
             raise
         if opening.done():
-            return self.stream(opening.result())
-        return _LoadingStream(opening, self._after_load(opening, model_id))
+            return self.stream(opening.result(), renderer)
+        return _LoadingStream(opening, self._after_load(opening, model_id, renderer))
 
     async def _after_load(
-        self, opening: asyncio.Future[Upstream], model_id: str
+        self, opening: asyncio.Future[Upstream], model_id: str, renderer: Renderer
     ) -> AsyncIterator[bytes]:
         comment = f": loading {model_id}\n\n".encode()
         while not opening.done():
@@ -141,30 +141,40 @@ class Proxy:
         try:
             upstream = opening.result()
         except CortexError as error:
-            yield data_frame(json.dumps(openai_error_body(error)).encode())
+            yield renderer.error(error)
             return
-        async for chunk in self._relay(upstream):
-            yield chunk
+        async for frame in self._render(upstream, renderer):
+            yield frame
 
-    async def complete(self, upstream: Upstream) -> Response:
+    async def read(self, upstream: Upstream) -> bytes:
+        """The whole body of a non-streamed answer."""
         try:
-            data = await upstream.response.read()
+            return await upstream.response.read()
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"node '{upstream.node.name}' failed mid-response: {exc}") from exc
         finally:
             upstream.close()
+
+    async def complete(self, upstream: Upstream) -> Response:
+        data = await self.read(upstream)
         return Response(
             data, media_type="application/json", headers={"x-cortex-node": upstream.node.name}
         )
 
-    def stream(self, upstream: Upstream) -> StreamingResponse:
+    def stream(self, upstream: Upstream, renderer: Renderer) -> StreamingResponse:
         return StreamingResponse(
-            self._relay(upstream),
+            self._render(upstream, renderer),
             media_type="text/event-stream",
             headers={**SSE_HEADERS, "x-cortex-node": upstream.node.name},
         )
 
-    async def _relay(self, upstream: Upstream) -> AsyncIterator[bytes]:
+    def _render(self, upstream: Upstream, renderer: Renderer) -> AsyncIterator[bytes]:
+        prompt_tokens = upstream.response.headers.get(PROMPT_TOKENS_HEADER, "0")
+        count = int(prompt_tokens) if prompt_tokens.isdigit() else 0
+        return renderer.frames(count, self._chunks(upstream))
+
+    async def _chunks(self, upstream: Upstream) -> AsyncIterator[bytes]:
+        """The upstream's bytes as they arrive; ``UpstreamError`` when the node cuts it."""
         tail = b""
         try:
             async for data in upstream.response.content.iter_any():
@@ -177,8 +187,9 @@ class Proxy:
             node = upstream.node.name
             log.warning("node=%s stream cut: %s", node, exc)
             self._poller.poke()
-            error = UpstreamError(f"node '{node}' failed mid-stream: {exc.__class__.__name__}")
-            yield data_frame(json.dumps(openai_error_body(error)).encode())
+            raise UpstreamError(
+                f"node '{node}' failed mid-stream: {exc.__class__.__name__}"
+            ) from exc
         finally:
             upstream.close()
 

@@ -75,8 +75,9 @@ class Scheduler:
             raise ModelNotFound(name, known=self._catalogue.ids(self._fleet.loaded_ids()))
         return model_id
 
-    def is_ready(self, model_id: str) -> bool:
-        return bool(self._fleet.holders(model_id))
+    def holders(self, model_id: str) -> list[Node]:
+        """Up nodes where the model is ready now."""
+        return self._fleet.holders(model_id)
 
     async def acquire(
         self, model_id: str, exclude: frozenset[str] = frozenset(), session: str | None = None

@@ -3,6 +3,7 @@ and ``/fleet`` so both say the same thing."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cortex.gateway.state import GatewayState
@@ -33,3 +34,18 @@ def model_entries(state: GatewayState) -> list[dict[str, Any]]:
             }
         )
     return entries
+
+
+def anthropic_model_list(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /v1/models`` in Anthropic's shape, for clients that send ``anthropic-version``."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data = [
+        {"type": "model", "id": e["id"], "display_name": e["id"], "created_at": now}
+        for e in entries
+    ]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 
-from cortex.error_handlers import openai_error_handlers
+from cortex.error_handlers import error_handlers
 from cortex.errors import CortexError
 from cortex.neuron import devices
 from cortex.neuron.manager import ModelManager
@@ -44,6 +44,4 @@ def create_app(settings: NeuronSettings) -> Starlette:
         finally:
             await manager.close()
 
-    return Starlette(
-        routes=ROUTES, lifespan=lifespan, exception_handlers=openai_error_handlers(log)
-    )
+    return Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=error_handlers(log))

@@ -18,6 +18,7 @@ from cortex.neuron.prompting import plan_tools, render_prompt
 from cortex.neuron.settings import NeuronSettings
 from cortex.protocol import openai as oa
 from cortex.protocol.parsing import parse_body, parse_json, parse_model
+from cortex.protocol.sse import PROMPT_TOKENS_HEADER
 from cortex.spec import ModelSpec
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -111,7 +112,7 @@ def _event_stream(frames: AsyncIterator[bytes], prepared: serving.Prepared) -> R
     return StreamingResponse(
         frames,
         media_type="text/event-stream",
-        headers=SSE_HEADERS,
+        headers={**SSE_HEADERS, PROMPT_TOKENS_HEADER: str(len(prepared.prompt_tokens))},
         # also when the body never starts (the client left before the headers went out)
         background=BackgroundTask(prepared.release),
     )

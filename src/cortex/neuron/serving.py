@@ -222,6 +222,7 @@ async def complete(model: LoadedModel, prepared: Prepared) -> oa.ChatCompletion:
                     tool_calls=_tool_calls(calls) or None,
                 ),
                 finish_reason=finish,  # type: ignore[arg-type]
+                stop_reason=event.stop_sequence,
             )
         ],
         usage=oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens),
@@ -235,14 +236,10 @@ async def stream(
     chunk_id, created = oa.completion_id(), oa.now()
     parser = ToolCallStreamParser(prepared.tools.fmt) if prepared.tools else None
 
-    def chunk(delta: oa.Delta, finish: str | None = None) -> bytes:
+    def chunk(delta: oa.Delta, finish: str | None = None, stop: str | None = None) -> bytes:
+        choice = oa.ChunkChoice(delta=delta, finish_reason=finish, stop_reason=stop)  # type: ignore[arg-type]
         return data_frame(
-            oa.ChatCompletionChunk(
-                id=chunk_id,
-                created=created,
-                model=model.id,
-                choices=[oa.ChunkChoice(delta=delta, finish_reason=finish)],  # type: ignore[arg-type]
-            )
+            oa.ChatCompletionChunk(id=chunk_id, created=created, model=model.id, choices=[choice])
         )
 
     def deltas(text: str, calls: list) -> list[bytes]:
@@ -276,7 +273,7 @@ async def stream(
         finish = (
             "tool_calls" if parser is not None and parser.calls else FINISH_REASONS[event.reason]
         )
-        yield chunk(oa.Delta(), finish)
+        yield chunk(oa.Delta(), finish, event.stop_sequence)
         if include_usage:
             usage = oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
             yield data_frame(

@@ -154,6 +154,9 @@ class Choice(BaseModel):
     message: AssistantMessage
     finish_reason: FinishReason
     logprobs: dict[str, Any] | None = None
+    # the stop string that ended the answer (vLLM's field): OpenAI says "stop" for it
+    # and for the end of turn alike, Anthropic's stop_sequence needs to tell them apart
+    stop_reason: str | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -193,6 +196,7 @@ class ChunkChoice(BaseModel):
     delta: Delta
     finish_reason: FinishReason | None = None
     logprobs: dict[str, Any] | None = None
+    stop_reason: str | None = None  # as in Choice, on the finishing chunk
 
 
 class ChatCompletionChunk(BaseModel):
