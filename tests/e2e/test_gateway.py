@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -171,5 +172,22 @@ endpoint = "{neuron.url}"
         assert keyed.chat.completions.create(model=MODEL, messages=COLORS, max_tokens=1)
         by_header = httpx.get(process.url + "/v1/models", headers={"x-api-key": "sk-two"})
         assert by_header.status_code == 200
+        # the Anthropic SDK sends x-api-key, and gets a 401 in its own envelope
+        wrong = anthropic.Anthropic(base_url=process.url, api_key="wrong", max_retries=0)
+        with pytest.raises(anthropic.AuthenticationError) as caught:
+            wrong.messages.create(model=MODEL, max_tokens=1, messages=COLORS)
+        assert caught.value.body["type"] == "error"
+        right = anthropic.Anthropic(base_url=process.url, api_key="sk-one", max_retries=0)
+        assert right.messages.create(model=MODEL, max_tokens=1, messages=COLORS).content
     finally:
         process.stop()
+
+
+async def test_the_async_openai_client(gateway: Gateway) -> None:
+    client = openai.AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
+    reply = await client.chat.completions.create(model=MODEL, messages=COLORS, max_tokens=4)
+    assert reply.choices[0].message.content
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=COLORS, max_tokens=4, stream=True
+    )
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
