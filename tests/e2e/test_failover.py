@@ -102,3 +102,22 @@ endpoint = "{b.url}"
         gateway.stop()
         b.stop()
         a.stop()
+
+
+def test_a_node_dying_mid_stream_ends_an_anthropic_stream_with_an_error_event(pair) -> None:
+    gateway, a, b = pair
+    body = {"model": MODEL, "max_tokens": 3000, "messages": ESSAY, "stream": True}
+    frames: list[str] = []
+    with httpx.stream("POST", gateway.url + "/v1/messages", json=body, timeout=60) as response:
+        victim = a if response.headers["x-cortex-node"] == "a" else b
+        buffer = ""
+        for text in response.iter_text():
+            buffer += text
+            *complete, buffer = buffer.split("\n\n")
+            frames += complete
+            if len(frames) == 6:
+                victim.kill()
+    assert frames[0].startswith("event: message_start")
+    assert frames[-1].startswith("event: error")
+    assert '"type":"error"' in frames[-1].replace(" ", "")
+    assert not any(frame.startswith("event: message_stop") for frame in frames)
