@@ -64,12 +64,14 @@ class InvalidRequest(CortexError):
 class ContextOverflow(InvalidRequest):
     """The prompt does not fit the model's context window."""
 
-    def __init__(self, *, prompt_tokens: int, context_length: int, model: str) -> None:
+    def __init__(
+        self, *, prompt_tokens: int, context_length: int, model: str, param: str = "messages"
+    ) -> None:
         super().__init__(
             f"This model's maximum context length is {context_length} tokens, but the prompt "
             f"is {prompt_tokens} tokens long (model '{model}'). Shorten the prompt or the "
             "conversation history.",
-            param="messages",
+            param=param,
             code="context_length_exceeded",
         )
         self.prompt_tokens = prompt_tokens

@@ -81,6 +81,18 @@ def test_memory_mb_overrides_the_total_only(gguf_path: Path) -> None:
     assert estimate.as_dict()["total_mb"] == 5000
 
 
+def test_the_embedding_context_is_one_sequence_and_a_small_micro_batch(gguf_path: Path) -> None:
+    one = estimate_memory(gguf_path, spec(context_length=4096, max_batch=1))
+    four = estimate_memory(gguf_path, spec(context_length=4096, max_batch=4))
+    assert one.embedding_mb == four.embedding_mb  # one sequence whatever max_batch is
+    # beside one sequence's KV: 128 tokens' logits twice (compute and output buffers),
+    # 48 MiB for a 49k vocabulary; 2.25 MiB of activations; 8 MiB for the context itself
+    assert one.embedding_mb - one.kv_cache_mb == 59
+    shorter = estimate_memory(gguf_path, spec(context_length=2048, max_batch=1))
+    assert one.embedding_mb - shorter.embedding_mb == one.kv_cache_mb - shorter.kv_cache_mb
+    assert estimate_memory(gguf_path, spec(memory_mb=5000)).embedding_mb == 0
+
+
 def test_gguf_per_layer_kv_heads_are_summed(tmp_path: Path) -> None:
     path = tmp_path / "tiny.gguf"
     writer = GGUFWriter(path, "llama")

@@ -14,6 +14,7 @@ from cortex.neuron.serving import (
     Prepared,
     admit,
     budget,
+    check_token_ids,
     collect,
     finish_error,
     generate,
@@ -46,6 +47,7 @@ async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) 
         tokens = await asyncio.to_thread(engine.tokenize_prompt, prompt)
     else:
         tokens = [int(t) for t in prompt]
+        check_token_ids(tokens, engine.info, "prompt")
     if not tokens:
         raise InvalidRequest("The prompt is empty.", param="prompt")
     prepared = Prepared(

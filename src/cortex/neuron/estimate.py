@@ -10,6 +10,10 @@ the parts are still worked out, so an operator can compare the two.
 The GGUF estimate mirrors what ``engines/llamacpp.py`` asks llama.cpp for; it
 over-reports for sliding-window models (their SWA layers keep a shorter cache)
 and on GPUs (llama.cpp keeps the token embeddings in host memory).
+
+``embedding_mb`` is what the embedding context (``engines/llamacpp_embed.py``) adds
+when a model first serves ``/v1/embeddings``. It is not in ``total_mb``: most models
+never embed, so the manager counts it into the model's memory only when it is created.
 """
 
 from __future__ import annotations
@@ -26,12 +30,16 @@ from cortex.spec import ModelSpec
 MIB = 2**20
 # llama.cpp's micro-batch in our engine: its compute buffer is sized for this many tokens.
 LLAMACPP_UBATCH_TOKENS = 512
+# The embedding context's micro-batch: small, because every one of its tokens is an output
+# (llama.cpp computes logits for each, in the compute buffer and again in the output buffer).
+LLAMACPP_EMBED_UBATCH_TOKENS = 128
 _LLAMACPP_CTX_PAD = 256  # llama.cpp rounds each sequence's context up to a multiple of this
 _KV_F16 = 2  # llama.cpp's default KV cache type is f16
 _LOGIT_BYTES = 4  # logits are f32
 # Backend contexts, graph metadata and the in-memory vocabulary: ~18 MiB for
 # SmolLM2-135M's 49k-token vocabulary, rounded up for bigger ones.
 _BASE_OVERHEAD = 32 * MIB
+_EMBED_CONTEXT_OVERHEAD = 8 * MIB  # a second context's graph and scheduler state
 _TORCH_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 Format = Literal["gguf", "safetensors"]
@@ -44,6 +52,7 @@ class MemoryEstimate:
     kv_cache_mb: int
     overhead_mb: int
     total_mb: int  # the override when ``overridden``, else the sum of the three parts
+    embedding_mb: int  # added when an embedding context is created; 0 when overridden
     n_layer: int
     n_head_kv: int  # per layer (the largest, when layers differ)
     kv_heads_total: int  # summed over layers
@@ -111,7 +120,19 @@ def _estimate_gguf(path: Path, spec: ModelSpec) -> MemoryEstimate:
         + shape.n_vocab * _LOGIT_BYTES * (LLAMACPP_UBATCH_TOKENS + spec.max_batch)
         + LLAMACPP_UBATCH_TOKENS * shape.n_embd * 4 * 8
     )
-    return _assemble("gguf", spec, header.tensor_bytes, shape, per_sequence, _KV_F16, overhead)
+    # The embedding context: one sequence's KV, a micro-batch whose every token has its
+    # logits (compute buffer and output buffer) and activations, and the context's own
+    # graph and scheduler. Measured for SmolLM2-135M at 4096 tokens: 143 MiB more
+    # resident after a full-length input; this says 149.
+    per_output = shape.n_vocab * _LOGIT_BYTES * 2 + shape.n_embd * 4 * 8
+    embedding = (
+        _kv_bytes(shape, per_sequence, _KV_F16)
+        + LLAMACPP_EMBED_UBATCH_TOKENS * per_output
+        + _EMBED_CONTEXT_OVERHEAD
+    )
+    return _assemble(
+        "gguf", spec, header.tensor_bytes, shape, per_sequence, _KV_F16, overhead, embedding
+    )
 
 
 def _gguf_shape(header: GGUFHeader, path: Path) -> _Shape:
@@ -160,7 +181,9 @@ def _estimate_safetensors(path: Path, spec: ModelSpec) -> MemoryEstimate:
     # as the GGUF engine does, and one row of f32 logits per sequence.
     overhead = _BASE_OVERHEAD + shape.n_vocab * _LOGIT_BYTES * spec.max_batch
     weights = safetensors_bytes(files)
-    return _assemble("safetensors", spec, weights, shape, spec.context_length, kv_bytes, overhead)
+    return _assemble(
+        "safetensors", spec, weights, shape, spec.context_length, kv_bytes, overhead, 0
+    )
 
 
 def _safetensors_files(directory: Path) -> list[Path]:
@@ -223,10 +246,11 @@ def _assemble(
     per_sequence: int,
     kv_dtype_bytes: int,
     overhead_bytes: int,
+    embedding_bytes: int,
 ) -> MemoryEstimate:
     kv_tokens = per_sequence * spec.max_batch
     heads = sum(shape.kv_heads)
-    kv_bytes = kv_tokens * heads * (shape.key_length + shape.value_length) * kv_dtype_bytes
+    kv_bytes = _kv_bytes(shape, kv_tokens, kv_dtype_bytes)
     # Each part rounds up, and the total is their sum: an estimate never under-reports.
     weights_mb, kv_mb, overhead_mb = (_ceil_mb(b) for b in (weight_bytes, kv_bytes, overhead_bytes))
     return MemoryEstimate(
@@ -235,6 +259,8 @@ def _assemble(
         kv_cache_mb=kv_mb,
         overhead_mb=overhead_mb,
         total_mb=spec.memory_mb or weights_mb + kv_mb + overhead_mb,
+        # an operator's override stands for everything the model takes
+        embedding_mb=0 if spec.memory_mb else _ceil_mb(embedding_bytes),
         n_layer=shape.n_layer,
         n_head_kv=max(shape.kv_heads, default=0),
         kv_heads_total=heads,
@@ -245,6 +271,10 @@ def _assemble(
         n_vocab=shape.n_vocab,
         overridden=spec.memory_mb is not None,
     )
+
+
+def _kv_bytes(shape: _Shape, tokens: int, dtype_bytes: int) -> int:
+    return tokens * sum(shape.kv_heads) * (shape.key_length + shape.value_length) * dtype_bytes
 
 
 def _per_layer(value: Any, n_layer: int) -> tuple[int, ...]:

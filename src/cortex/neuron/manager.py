@@ -47,6 +47,10 @@ class LoadedModel:
     state: ModelState = ModelState.LOADING
     engine: Engine | None = None
     memory_mb: int = 0
+    # What an embedding context adds (the estimate's embedding_mb), and whether memory_mb
+    # counts it yet: it is created on the first embeddings request, if ever.
+    embedding_mb: int = 0
+    embedding_counted: bool = False
     in_flight: int = 0
     last_used: float = field(default_factory=time.time)
 
@@ -133,7 +137,12 @@ class ModelManager:
             estimate = await asyncio.to_thread(estimate_memory, path, spec)
             worker = self._pick_worker()
             self._check_fits(worker.device, estimate.total_mb, spec)
-            model = LoadedModel(spec=spec, worker=worker, memory_mb=estimate.total_mb)
+            model = LoadedModel(
+                spec=spec,
+                worker=worker,
+                memory_mb=estimate.total_mb,
+                embedding_mb=estimate.embedding_mb,
+            )
             self._models[spec.id] = model
             started = time.perf_counter()
             try:
@@ -173,6 +182,15 @@ class ModelManager:
             await self.unload(model_id)
         for worker in self._workers:
             worker.stop()
+
+    def count_embedding_context(self, model: LoadedModel) -> None:
+        """Count the embedding context in the model's memory before the engine creates it;
+        507 when the node's budget has no room left for it."""
+        if model.embedding_counted:
+            return
+        self._check_fits(model.worker.device, model.memory_mb + model.embedding_mb, model.spec)
+        model.memory_mb += model.embedding_mb
+        model.embedding_counted = True
 
     def on_engine_fault(self, engine: Engine, error: BaseException) -> None:
         """Called on a device thread when a decode step fails: the model is poisoned."""

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from cortex.errors import AuthenticationFailed, InvalidRequest
 from cortex.neuron import completions as text_completions
+from cortex.neuron import embeddings as text_embeddings
 from cortex.neuron import serving
 from cortex.neuron.manager import ModelManager
 from cortex.neuron.prompting import plan_tools, render_prompt
@@ -143,6 +144,16 @@ async def completions(request: Request) -> Response:
     return Response(completion.model_dump_json(), media_type="application/json")
 
 
+async def embeddings(request: Request) -> Response:
+    body = parse_body(oa.EmbeddingRequest, await request.body())
+    manager = _manager(request)
+    model = manager.ready(body.model)
+    job = await text_embeddings.prepare_embeddings(model, body)
+    manager.count_embedding_context(model)
+    answer = await text_embeddings.embed(model, job, body.encoding_format)
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
 ROUTES = [
     Route("/health", health, methods=["GET"]),
     Route("/status", status, methods=["GET"]),
@@ -154,4 +165,5 @@ ROUTES = [
     Route("/v1/models", openai_models, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
 ]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from cortex.errors import ContextOverflow, CortexError, InvalidRequest, Overloaded, UpstreamError
 from cortex.neuron import grammar
 from cortex.neuron.engines.base import (
+    EngineInfo,
     Event,
     Finished,
     GenerationRequest,
@@ -118,6 +119,16 @@ def admit(model: LoadedModel, prepared: Prepared) -> Prepared:
     model.in_flight += 1
     prepared._holder = model
     return prepared
+
+
+def check_token_ids(tokens: list[int], info: EngineInfo, param: str) -> None:
+    """A token id outside the vocabulary is the client's error, never a failed decode."""
+    bad = next((t for t in tokens if not 0 <= t < info.n_vocab), None)
+    if bad is not None:
+        raise InvalidRequest(
+            f"Token id {bad} is outside the model's vocabulary (0 to {info.n_vocab - 1}).",
+            param=param,
+        )
 
 
 def budget(model: LoadedModel, tokens: list[int], wanted: int | None) -> int:

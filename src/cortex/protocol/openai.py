@@ -1,4 +1,5 @@
-"""OpenAI Chat Completions wire types (requests, responses, stream chunks).
+"""OpenAI wire types: chat completions (requests, responses, stream chunks), legacy
+completions, embeddings, models.
 
 Requests tolerate unknown fields (clients send vendor extensions); responses
 carry exactly the fields the official SDK reads.
@@ -120,6 +121,25 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = None
 
 
+class EmbeddingRequest(_Tolerant):
+    """``/v1/embeddings``: text or token ids, one input or a list of them."""
+
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    # The official SDK asks for base64 (little-endian float32) unless told otherwise.
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The inputs as a list: a string or one token list is a batch of one."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if self.input and all(isinstance(item, int) for item in self.input):
+            return [self.input]  # type: ignore[list-item]
+        return self.input  # type: ignore[return-value]
+
+
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
@@ -224,6 +244,24 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # a base64 string of float32 bytes when asked for
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

@@ -1,4 +1,5 @@
-"""OpenAI dialect: ``/v1/chat/completions`` and ``/v1/models``."""
+"""OpenAI dialect: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and
+``/v1/models``."""
 
 from __future__ import annotations
 
@@ -74,6 +75,10 @@ async def chat_completions(request: Request) -> Response:
 
 async def completions(request: Request) -> Response:
     return await _forward(request, "/v1/completions", "prompt")
+
+
+async def embeddings(request: Request) -> Response:
+    return await _forward(request, "/v1/embeddings", "input")
 
 
 async def list_models(request: Request) -> Response:

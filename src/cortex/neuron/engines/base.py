@@ -1,18 +1,26 @@
 """The engine protocol every inference backend implements, and the types it speaks.
 
 An engine instance belongs to exactly one device worker thread: every method
-below except ``describe`` is only ever called on that thread, so engines hold
+below except ``tokenize_prompt`` is only ever called on that thread, so engines hold
 no locks. Requests reach it as ``GenerationRequest`` objects; results leave
 through each request's ``EventSink`` as ``TextChunk`` then one ``Finished``.
+Embeddings reach it as ``EmbeddingJob`` objects; their vectors leave through the
+job's future.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from cortex.errors import CortexError
 from cortex.spec import ModelSpec
+
+
+class EngineFault(CortexError):
+    """The engine's state is in doubt (a failed decode): the model must be reloaded."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,20 @@ class GenerationRequest:
     cancelled: bool = field(default=False)
 
 
+@dataclass
+class EmbeddingJob:
+    """The inputs of one embeddings request, as token lists.
+
+    ``result`` receives one unit-length (L2) vector per input, in input order, or the
+    exception that stopped the job; it is set from the worker thread.
+    """
+
+    inputs: list[list[int]]
+    result: Future[list[list[float]]] = field(default_factory=Future)
+    # Set from the event loop when the caller goes away; checked before every decode.
+    cancelled: bool = field(default=False)
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     """What the rest of the neuron needs to know about a loaded engine."""
@@ -79,6 +101,8 @@ class EngineInfo:
     chat_template: str | None
     bos_token: str
     eos_token: str
+    n_vocab: int  # token ids are 0 .. n_vocab - 1
+    embedding_size: int  # length of the vectors ``submit_embedding`` returns
 
 
 class Engine(Protocol):
@@ -93,16 +117,23 @@ class Engine(Protocol):
         """Queue a request; it joins the running batch at the next step."""
 
     def has_work(self) -> bool:
-        """True while any request is waiting or generating."""
+        """True while any request is waiting or generating, or any embedding job is left."""
 
     def step(self) -> None:
-        """Run one decode step for every active sequence and emit their events."""
+        """Run one decode step for every active sequence and emit their events, then
+        one slice of the current embedding job."""
+
+    def submit_embedding(self, job: EmbeddingJob) -> None:
+        """Queue an embeddings job; it advances a slice per ``step``, beside generation.
+
+        Raises at once (a ``CortexError``) when this model cannot embed at all.
+        """
 
     def abort_all(self, reason: str) -> None:
-        """Finish every request with an error (the engine is being torn down)."""
+        """Finish every request and embedding job with an error (the engine is torn down)."""
 
     def close(self) -> None:
-        """Free the model and its context."""
+        """Free the model and its contexts."""
 
 
 class EngineFactory(Protocol):

@@ -10,6 +10,9 @@ of each waiting prompt in a single ``llama_decode``.
 Slots keep the tokens whose KV they hold after a request ends; a new request
 takes the free slot sharing the longest prefix with its prompt (the LRU slot
 when none does), so a resent conversation only prefills what is new.
+
+Embeddings use a second context on the same model (``llamacpp_embed.py``), created
+on the first embeddings job; each ``step`` also advances it by one micro-batch.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from pathlib import Path
 
 import llama_cpp as C
 
-from cortex.errors import CortexError
 from cortex.neuron.engines.base import (
+    EmbeddingJob,
+    EngineFault,
     EngineInfo,
     Finished,
     GenerationRequest,
     TextChunk,
 )
+from cortex.neuron.engines.llamacpp_embed import EmbeddingContext, pooling_of
 from cortex.neuron.estimate import LLAMACPP_UBATCH_TOKENS
 from cortex.neuron.textstream import TextAssembler
 from cortex.spec import ModelSpec
@@ -38,10 +43,6 @@ from cortex.spec import ModelSpec
 _BATCH_TOKENS = LLAMACPP_UBATCH_TOKENS  # the memory estimate sizes the compute buffer by it
 _PENALTY_WINDOW = 64
 _backend_ready = False
-
-
-class EngineFault(CortexError):
-    """The engine's state is in doubt (a failed decode): the model must be reloaded."""
 
 
 def _init_backend() -> None:
@@ -121,12 +122,16 @@ class LlamaCppEngine:
         self._waiting: deque[GenerationRequest] = deque()
         self._active: list[_Sequence] = []
         self._piece = ctypes.create_string_buffer(256)
+        self._n_threads = n_threads
+        self._embedder: EmbeddingContext | None = None  # created by the first embeddings job
         self.info = EngineInfo(
             context_length=self._context_length,
             max_batch=spec.max_batch,
             chat_template=self._meta("tokenizer.chat_template"),
             bos_token=self._token_text(C.llama_vocab_bos(self._vocab)),
             eos_token=self._token_text(C.llama_vocab_eos(self._vocab)),
+            n_vocab=C.llama_vocab_n_tokens(self._vocab),
+            embedding_size=C.llama_model_n_embd_out(self._model),
         )
 
     # -- tokenizer (read-only on the vocab, safe from any thread) ---------------
@@ -154,21 +159,27 @@ class LlamaCppEngine:
     def submit(self, request: GenerationRequest) -> None:
         self._waiting.append(request)
 
+    def submit_embedding(self, job: EmbeddingJob) -> None:
+        if self._embedder is None:
+            arch = self._meta("general.architecture") or ""
+            pooling = pooling_of(self._meta(f"{arch}.pooling_type"))
+            self._embedder = EmbeddingContext(
+                self._model, self._context_length, self._n_threads, pooling
+            )
+        self._embedder.submit(job)
+
     def has_work(self) -> bool:
-        return bool(self._waiting or self._active)
+        embedding = self._embedder is not None and self._embedder.has_work()
+        return bool(self._waiting or self._active) or embedding
 
     def step(self) -> None:
         self._drop_cancelled()
         self._admit()
-        if not self._active:
-            return
-        self._fill_batch()
-        status = C.llama_decode(self._ctx, self._batch)
-        if status != 0:
-            raise EngineFault(f"llama_decode failed with status {status}")
-        for seq in [s for s in self._active if s.logits_index >= 0]:
-            token = C.llama_sampler_sample(seq.sampler, self._ctx, seq.logits_index)
-            self._accept(seq, token)
+        if self._active:
+            self._decode_step()
+        # then one micro-batch of embeddings: a long embeddings job never stalls the streams
+        if self._embedder is not None and self._embedder.has_work():
+            self._embedder.step()
 
     def abort_all(self, reason: str) -> None:
         for seq in list(self._active):
@@ -176,14 +187,28 @@ class LlamaCppEngine:
         while self._waiting:
             request = self._waiting.popleft()
             request.sink.put(Finished("error", len(request.prompt_tokens), 0, error=reason))
+        if self._embedder is not None:
+            self._embedder.abort_all(reason)
 
     def close(self) -> None:
         self.abort_all("model unloaded")
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
         C.llama_batch_free(self._batch)
         C.llama_free(self._ctx)
         C.llama_model_free(self._model)
 
     # -- internals ---------------------------------------------------------------
+
+    def _decode_step(self) -> None:
+        self._fill_batch()
+        status = C.llama_decode(self._ctx, self._batch)
+        if status != 0:
+            raise EngineFault(f"llama_decode failed with status {status}")
+        for seq in [s for s in self._active if s.logits_index >= 0]:
+            token = C.llama_sampler_sample(seq.sampler, self._ctx, seq.logits_index)
+            self._accept(seq, token)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._active if s.request.cancelled]:
