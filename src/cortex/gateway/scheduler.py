@@ -239,12 +239,8 @@ class Scheduler:
     ) -> LoadPlan:
         eligible = [
             node
-            for node in self._fleet.nodes.values()
-            if node.up
-            and node.name not in failed
-            and (only is None or node.name == only)
-            and (not profile.nodes or node.name in profile.nodes)
-            and (only is not None or profile.id not in node.models)  # one copy per node
+            for node in self._eligible(profile, failed, only)
+            if only is not None or profile.id not in node.models  # one copy per node
         ]
         if not eligible:
             if last_error is not None:
@@ -257,6 +253,19 @@ class Scheduler:
         if isinstance(answer, NoRoom):
             raise self._no_room_error(profile, answer)
         return answer
+
+    def _eligible(
+        self, profile: ModelSpec, excluded: set[str] | frozenset[str], only: str | None
+    ) -> list[Node]:
+        """Up nodes the profile's affinity allows, minus ``excluded``, or just ``only``."""
+        return [
+            node
+            for node in self._fleet.nodes.values()
+            if node.up
+            and node.name not in excluded
+            and (only is None or node.name == only)
+            and (not profile.nodes or node.name in profile.nodes)
+        ]
 
     def _no_room_error(self, profile: ModelSpec, answer: NoRoom) -> CortexError:
         where = f" on {answer.largest_slot_node}" if answer.largest_slot_node else ""
@@ -292,14 +301,7 @@ class Scheduler:
         known = self.estimates.get(profile.id)
         if known is not None:
             return int(known["memory_mb"])
-        askable = [
-            node
-            for node in self._fleet.nodes.values()
-            if node.up
-            and node.name not in exclude
-            and (only is None or node.name == only)
-            and (not profile.nodes or node.name in profile.nodes)
-        ]
+        askable = self._eligible(profile, exclude, only)
         last_error: CortexError | None = None
         for node in sorted(askable, key=Node.load):
             try:
