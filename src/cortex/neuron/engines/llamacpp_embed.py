@@ -128,7 +128,7 @@ class EmbeddingContext:
         if self._pass is None:
             self._pass = _Input(job.inputs[len(self._vectors)], self._size)
             if self._memory:
-                C.llama_memory_clear(self._memory, True)
+                C.llama_memory_clear(self._memory, False)  # the cells, not their bytes
         if self._encoder:
             self._encode(self._pass)
         else:
