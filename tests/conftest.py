@@ -25,7 +25,8 @@ def neuron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Neuron]:
 
 @pytest.fixture(scope="session")
 def gateway(neuron: Neuron, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """A gateway in front of ``neuron``, with an alias for the bundled model."""
+    """A gateway in front of ``neuron``, with Claude Code's model names (it asks for
+    ``claude-opus-*`` by default, ``claude-haiku-*`` for small tasks) as aliases."""
     config = f"""
 [gateway]
 poll_interval_s = 0.5
@@ -38,7 +39,7 @@ endpoint = "{neuron.url}"
 [[models]]
 id = "{MODEL}"
 source = "{BUNDLED}"
-aliases = ["claude-haiku-*", "small"]
+aliases = ["claude-haiku-*", "claude-sonnet-*", "claude-opus-*", "small"]
 """
     process = Gateway(tmp_path_factory.mktemp("gateway"), config, models, {MODEL})
     yield process

@@ -10,7 +10,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cortex.errors import CortexError
-from cortex.protocol.errors import anthropic_error_body, error_headers, openai_error_body
+from cortex.protocol.errors import (
+    anthropic_error_body,
+    anthropic_status,
+    error_headers,
+    openai_error_body,
+)
 
 Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
 
@@ -24,11 +29,19 @@ def error_body(request: Request, error: CortexError) -> dict:
     return openai_error_body(error)
 
 
+def error_status(request: Request, error: CortexError) -> int:
+    if request.url.path.startswith(ANTHROPIC_PATH):
+        return anthropic_status(error)
+    return error.status
+
+
 def error_handlers(log: logging.Logger) -> dict[Any, Handler]:
     async def known(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CortexError)
         return JSONResponse(
-            error_body(request, exc), status_code=exc.status, headers=error_headers(exc)
+            error_body(request, exc),
+            status_code=error_status(request, exc),
+            headers=error_headers(exc),
         )
 
     async def unexpected(request: Request, exc: Exception) -> Response:

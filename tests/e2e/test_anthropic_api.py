@@ -191,6 +191,24 @@ def test_a_prompt_over_the_context_names_the_numbers(claude: anthropic.Anthropic
     assert "4096" in caught.value.message
 
 
+def test_an_answer_the_context_window_cut_says_so(claude: anthropic.Anthropic) -> None:
+    # Claude Code asks for 32k-128k tokens; the neuron clamps that to the room left. A cut
+    # there is the context window's, not max_tokens' (else Claude Code asks to continue).
+    def words(count: int) -> list[dict]:
+        return [{"role": "user", "content": "word " * count}]
+
+    base = claude.messages.count_tokens(model=MODEL, messages=words(3000)).input_tokens
+    room = 12  # greedy decoding runs on past these (a newline, then code)
+    full = words(3000 + 4096 - room - base)
+    ask = {"model": MODEL, "messages": full, "extra_body": {"temperature": 0}}
+    message = claude.messages.create(max_tokens=1000, **ask)
+    assert message.stop_reason == "model_context_window_exceeded"
+    assert message.usage.output_tokens == room
+    with claude.messages.stream(max_tokens=1000, **ask) as stream:
+        assert stream.get_final_message().stop_reason == "model_context_window_exceeded"
+    assert claude.messages.create(max_tokens=room, **ask).stop_reason == "max_tokens"
+
+
 def test_claude_code_extras_are_tolerated(gateway: Gateway) -> None:
     body = {
         "model": "claude-haiku-4-5-20251001",

@@ -6,6 +6,7 @@ from cortex.errors import ContextOverflow, InvalidRequest, ModelNotFound, ModelR
 from cortex.gateway.catalogue import Catalogue
 from cortex.protocol.errors import (
     anthropic_error_body,
+    anthropic_status,
     error_from_openai_body,
     error_headers,
     openai_error_body,
@@ -68,6 +69,15 @@ def test_relayed_errors_keep_status_and_fields() -> None:
     assert error.retry_after_s == 3
     garbage = error_from_openai_body(502, b"<html>", None)
     assert garbage.status == 502 and "<html>" in garbage.message
+
+
+def test_a_full_server_is_429_for_openai_and_529_overloaded_for_anthropic() -> None:
+    # A node's full queue, relayed: Anthropic keeps 429 for a key's rate limit.
+    error = error_from_openai_body(429, b'{"error": {"message": "queue full"}}', "1")
+    assert error.status == 429 and openai_error_body(error)["error"]["type"] == "rate_limit_error"
+    assert anthropic_status(error) == 529
+    assert anthropic_error_body(error)["error"]["type"] == "overloaded_error"
+    assert anthropic_status(ModelRecovering("m")) == 503
 
 
 def test_parse_body_errors_are_readable() -> None:

@@ -119,8 +119,9 @@ def test_leading_system_messages_join_the_system_prompt() -> None:
     ]
 
 
-def test_system_message_mid_conversation_becomes_user_text() -> None:
-    # What Claude Code >= 2.1.154 sends: a user turn, then a role: system message.
+def test_system_message_mid_conversation_joins_the_system_prompt() -> None:
+    # What Claude Code >= 2.1.154 sends: a user turn, then a role: system message
+    # (2.1.332: its environment block, with cache_control and a per-turn output_config).
     messages = [
         user(
             [
@@ -128,13 +129,34 @@ def test_system_message_mid_conversation_becomes_user_text() -> None:
                 {"type": "text", "text": "Go"},
             ]
         ),
-        {"role": "system", "content": [{"type": "text", "text": "Mode: plan"}]},
+        {
+            "role": "system",
+            "content": [
+                {"type": "text", "text": "# Environment", "cache_control": {"type": "ephemeral"}}
+            ],
+            "output_config": {"effort": "medium"},
+        },
+        assistant("Done."),
+        user("More"),
+        {"role": "system", "content": "Mode: plan"},
     ]
     out = chat({"system": "S", "messages": messages})
     assert out["messages"] == [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": "<system-reminder>ctx</system-reminder>\n\nGo\n\nMode: plan"},
+        {"role": "system", "content": "S\n\n# Environment\n\nMode: plan"},
+        {"role": "user", "content": "<system-reminder>ctx</system-reminder>\n\nGo"},
+        {"role": "assistant", "content": "Done."},
+        {"role": "user", "content": "More"},
     ]
+
+
+def test_the_leading_prompt_stays_put_as_a_conversation_grows() -> None:
+    # Claude Code resends its system message in the same place every turn: the prompt of
+    # turn 2 must start with the prompt of turn 1, so the neuron's prefix cache hits.
+    first = [user("Go"), {"role": "system", "content": "# Environment"}]
+    second = [*first, assistant("Done."), user("More")]
+    one = chat({"system": "S", "messages": first})["messages"]
+    two = chat({"system": "S", "messages": second})["messages"]
+    assert two[: len(one)] == one
 
 
 def test_system_message_never_lands_between_a_tool_call_and_its_result() -> None:
@@ -144,8 +166,9 @@ def test_system_message_never_lands_between_a_tool_call_and_its_result() -> None
         {"role": "system", "content": "Note"},
         user([{"type": "tool_result", "tool_use_id": "toolu_1", "content": "done"}]),
     ]
-    roles = [m["role"] for m in chat({"messages": messages})["messages"]]
-    assert roles == ["user", "assistant", "tool", "user"]
+    out = chat({"messages": messages})["messages"]
+    assert [m["role"] for m in out] == ["system", "user", "assistant", "tool"]
+    assert out[0]["content"] == "Note"
 
 
 def test_consecutive_turns_of_one_role_merge() -> None:
@@ -192,6 +215,42 @@ def test_tool_definitions_and_every_tool_choice() -> None:
     serial = chat({**base, "tool_choice": {"type": "auto", "disable_parallel_tool_use": True}})
     assert serial["parallel_tool_calls"] is False
     assert "parallel_tool_calls" not in chat({**base, "tool_choice": {"type": "auto"}})
+
+
+def test_deferred_tools_wait_for_a_tool_reference() -> None:
+    # Claude Code 2.1.332 sends a placeholder that keeps deferred loading on; on Anthropic's
+    # API a defer_loading tool enters the context only once a tool search names it.
+    schema = {"type": "object", "properties": {}}
+    tools = [
+        {"name": "Read", "input_schema": schema},
+        {"name": "DeferredToolPlaceholder", "input_schema": schema, "defer_loading": True},
+        {"name": "NotebookEdit", "input_schema": schema, "defer_loading": True},
+    ]
+    names = [
+        t["function"]["name"] for t in chat({"tools": tools, "messages": [user("x")]})["tools"]
+    ]
+    assert names == ["Read"]
+    found = [
+        user("Edit the notebook"),
+        assistant([{"type": "tool_use", "id": "toolu_1", "name": "ToolSearch", "input": {}}]),
+        user(
+            [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": [{"type": "tool_reference", "tool_name": "NotebookEdit"}],
+                }
+            ]
+        ),
+    ]
+    out = chat({"tools": tools, "messages": found})
+    assert [t["function"]["name"] for t in out["tools"]] == ["Read", "NotebookEdit"]
+
+
+def test_only_deferred_tools_means_no_tools() -> None:
+    tools = [{"name": "P", "input_schema": {"type": "object"}, "defer_loading": True}]
+    out = chat({"tools": tools, "tool_choice": {"type": "auto"}, "messages": [user("x")]})
+    assert "tools" not in out and "tool_choice" not in out
 
 
 def test_tool_choice_tool_without_name_is_a_400() -> None:

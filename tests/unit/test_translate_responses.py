@@ -64,6 +64,15 @@ def test_model_defaults_to_the_backend_name() -> None:
 
 def test_length_is_max_tokens() -> None:
     assert convert(completion(finish="length")).stop_reason == "max_tokens"
+    reached = completion(finish="length", usage={"prompt_tokens": 9, "completion_tokens": 100})
+    assert convert(reached, max_tokens=100).stop_reason == "max_tokens"
+
+
+def test_length_short_of_max_tokens_is_the_context_window() -> None:
+    # Claude Code asks for 128000 tokens; the neuron clamps that to the room the prompt
+    # leaves (4096 - 304 here) and stops there.
+    full = completion(finish="length", usage={"prompt_tokens": 304, "completion_tokens": 3792})
+    assert convert(full, max_tokens=128000).stop_reason == "model_context_window_exceeded"
 
 
 def test_content_filter_is_refusal() -> None:

@@ -70,10 +70,17 @@ def tool_args(index: int, fragment: str) -> dict[str, Any]:
 
 
 def run(
-    chunks: list[dict[str, Any]], *, input_tokens: int = 7, stops: list[str] | None = None
+    chunks: list[dict[str, Any]],
+    *,
+    input_tokens: int = 7,
+    stops: list[str] | None = None,
+    max_tokens: int | None = None,
 ) -> list[an.StreamEvent]:
     translator = StreamTranslator(
-        model="claude-test", input_tokens=input_tokens, stop_sequences=stops or []
+        model="claude-test",
+        input_tokens=input_tokens,
+        stop_sequences=stops or [],
+        max_tokens=max_tokens,
     )
     events: list[an.StreamEvent] = []
     for piece in chunks:
@@ -319,6 +326,16 @@ def test_content_and_finish_in_one_chunk() -> None:
     assert end.delta.stop_reason == "max_tokens" and end.usage.output_tokens == 9
 
 
+def test_length_short_of_max_tokens_ends_in_the_context_window() -> None:
+    chunks = [chunk({"content": "on and on"}, "length"), usage_chunk(304, 3792)]
+    for max_tokens, reason in [(128000, "model_context_window_exceeded"), (3792, "max_tokens")]:
+        events = run(chunks, max_tokens=max_tokens)
+        assert_well_formed(events)
+        end = events[-2]
+        assert isinstance(end, an.MessageDeltaEvent) and end.delta.stop_reason == reason
+        assert final_message(sse(events)).stop_reason == reason
+
+
 def test_usage_missing_keeps_the_prompt_count_given() -> None:
     events = run([chunk({"content": "x"}, "stop")], input_tokens=11)
     end = events[-2]
@@ -351,7 +368,7 @@ def test_failure_mid_stream_is_one_error_event_the_sdk_raises() -> None:
     events += translator.fail(Overloaded("busy"))
     assert translator.feed(chunk({"content": "more"})) == [] and translator.finish() == []
     error = events[-1]
-    assert isinstance(error, an.ErrorEvent) and error.error.type == "rate_limit_error"
+    assert isinstance(error, an.ErrorEvent) and error.error.type == "overloaded_error"
     frame = encode_event(error)
     assert frame.startswith(b"event: error\ndata: ") and b'"type":"error"' in frame
     with pytest.raises(anthropic.APIStatusError):

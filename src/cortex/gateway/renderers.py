@@ -48,13 +48,19 @@ class OpenAIRenderer:
 class AnthropicRenderer:
     """OpenAI chunks in, Anthropic Messages events out."""
 
-    def __init__(self, client_model: str, stop_sequences: Sequence[str]) -> None:
+    def __init__(
+        self, client_model: str, stop_sequences: Sequence[str], max_tokens: int | None = None
+    ) -> None:
         self._model = client_model
         self._stops = stop_sequences
+        self._max_tokens = max_tokens
 
     def frames(self, prompt_tokens: int, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         translator = StreamTranslator(
-            model=self._model, input_tokens=prompt_tokens, stop_sequences=self._stops
+            model=self._model,
+            input_tokens=prompt_tokens,
+            stop_sequences=self._stops,
+            max_tokens=self._max_tokens,
         )
         return anthropic_sse(_decoded(chunks), translator)
 

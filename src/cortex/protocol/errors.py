@@ -23,7 +23,8 @@ _ANTHROPIC_TYPE = {
     "authentication": "authentication_error",
     "not_found": "not_found_error",
     "too_large": "request_too_large",
-    "overloaded": "rate_limit_error",
+    # Anthropic keeps 429 for a key's rate limit; a full server is 529 overloaded_error.
+    "overloaded": "overloaded_error",
     "insufficient_memory": "api_error",
     "upstream": "api_error",
     "unavailable": "overloaded_error",
@@ -47,6 +48,11 @@ def anthropic_error_body(error: CortexError) -> dict:
         "type": "error",
         "error": {"type": _ANTHROPIC_TYPE[error.kind], "message": error.message},
     }
+
+
+def anthropic_status(error: CortexError) -> int:
+    """The HTTP status Anthropic's API gives this error (529 when overloaded)."""
+    return 529 if error.kind == "overloaded" else error.status
 
 
 def error_headers(error: CortexError) -> dict[str, str]:

@@ -13,6 +13,13 @@ matched is read, in order, from
 
 and counts only if it is one of the request's ``stop_sequences``. Otherwise
 the stop is ``end_turn``.
+
+Length: a neuron clamps ``max_tokens`` to the room the prompt leaves in the
+context (clients ask for 32k or 128k), so ``finish_reason: "length"`` with fewer
+tokens than the request's ``max_tokens`` means the context window ended the
+answer: ``model_context_window_exceeded``, as Anthropic's API says it. Reported as
+``max_tokens``, Claude Code asks the model to go on, in a prompt that can no
+longer fit, and tells its user the 128000-token output limit was exceeded.
 """
 
 from __future__ import annotations
@@ -36,11 +43,13 @@ def to_message(
     model: str | None = None,
     stop_sequences: Sequence[str] = (),
     message_id: str | None = None,
+    max_tokens: int | None = None,
 ) -> an.Message:
     """The Anthropic message for a non-streamed chat completion.
 
     ``model`` is the name the client asked for (the backend's name otherwise);
-    ``stop_sequences`` are the request's, to tell a stop string from the end of turn.
+    ``stop_sequences`` are the request's, to tell a stop string from the end of turn;
+    ``max_tokens`` the request's, to tell its limit from the end of the context.
     """
     choices = completion.get("choices") or []
     if not choices:
@@ -72,12 +81,15 @@ def to_message(
                 input=tool_input(function.get("arguments") or ""),
             )
         )
+    usage = usage_of(completion.get("usage"))
     reason, sequence = stop_reason(
         choice.get("finish_reason"),
         tool_use=any(isinstance(b, an.ToolUseBlock) for b in blocks),
         matched=matched_stop(choice),
         text=content,
         stop_sequences=stop_sequences,
+        max_tokens=max_tokens,
+        output_tokens=usage.output_tokens,
     )
     return an.Message(
         id=msg_id,
@@ -85,7 +97,7 @@ def to_message(
         content=blocks,
         stop_reason=reason,
         stop_sequence=sequence,
-        usage=usage_of(completion.get("usage")),
+        usage=usage,
     )
 
 
@@ -111,10 +123,18 @@ def stop_reason(
     matched: str | None,
     text: str,
     stop_sequences: Sequence[str],
+    max_tokens: int | None = None,
+    output_tokens: int = 0,
 ) -> tuple[an.StopReason, str | None]:
-    """``(stop_reason, stop_sequence)``; tool calls win whatever the backend said."""
+    """``(stop_reason, stop_sequence)``; tool calls win whatever the backend said.
+
+    ``output_tokens`` below the request's ``max_tokens`` at a ``length`` finish: the
+    context window ended the answer, not the request's limit.
+    """
     if tool_use:
         return "tool_use", None
+    if finish_reason == "length" and max_tokens is not None and 0 < output_tokens < max_tokens:
+        return "model_context_window_exceeded", None
     if finish_reason in _FINISH_TO_STOP:
         return _FINISH_TO_STOP[finish_reason], None
     stops = [s for s in stop_sequences if s]

@@ -61,7 +61,8 @@ class StreamTranslator:
 
     ``model`` is the name the client asked for; ``input_tokens`` the prompt's
     token count, known before streaming (``message_start`` must carry it);
-    ``stop_sequences`` the request's, to tell a stop string from the end of turn.
+    ``stop_sequences`` the request's, to tell a stop string from the end of turn;
+    ``max_tokens`` the request's, to tell its limit from the end of the context.
     Call ``finish()`` when the upstream stream ends (``[DONE]``), or ``fail()``
     with the error that ended it. Every method returns the events to send now.
     """
@@ -73,8 +74,10 @@ class StreamTranslator:
         input_tokens: int,
         stop_sequences: Sequence[str] = (),
         message_id: str | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         self._model = model
+        self._max_tokens = max_tokens
         self._input_tokens = input_tokens
         self._stops = [s for s in stop_sequences if s]
         self._tail_size = max((len(s) for s in self._stops), default=0)
@@ -147,16 +150,18 @@ class StreamTranslator:
             if tool.block is None:  # never named: open it now rather than lose it
                 events += self._open_tool(tool)
         events += self._close()
+        usage = an.MessageDeltaUsage(
+            input_tokens=int(self._usage.get("prompt_tokens") or self._input_tokens),
+            output_tokens=int(self._usage.get("completion_tokens") or 0),
+        )
         reason, sequence = stop_reason(
             self._finish_reason,
             tool_use=bool(self._tools),
             matched=self._matched,
             text=self._tail,
             stop_sequences=self._stops,
-        )
-        usage = an.MessageDeltaUsage(
-            input_tokens=int(self._usage.get("prompt_tokens") or self._input_tokens),
-            output_tokens=int(self._usage.get("completion_tokens") or 0),
+            max_tokens=self._max_tokens,
+            output_tokens=usage.output_tokens,
         )
         self._done = True
         return [

@@ -7,6 +7,7 @@ answers translated back; errors come in Anthropic's envelope (see error_handlers
 from __future__ import annotations
 
 import json
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from cortex.gateway.affinity import session_key
 from cortex.gateway.renderers import AnthropicRenderer
 from cortex.gateway.routes.openai import FORWARDED_HEADERS, read_body
-from cortex.gateway.state import state_of
+from cortex.gateway.state import GatewayState, state_of
 from cortex.protocol import anthropic as an
 from cortex.protocol.parsing import parse_body
 from cortex.translate.requests import to_chat_request
@@ -23,22 +24,41 @@ from cortex.translate.responses import to_message
 _CHAT = "/v1/chat/completions"
 
 
-async def messages(request: Request) -> Response:
+RequestT = TypeVar("RequestT", bound=an.CountTokensRequest)
+
+
+class _Translated(NamedTuple, Generic[RequestT]):
+    state: GatewayState
+    parsed: RequestT
+    model_id: str
+    chat: dict[str, Any]
+
+
+async def _translated(request: Request, kind: type[RequestT]) -> _Translated[RequestT]:
+    """Checked key, parsed body, resolved model, and the OpenAI chat request it becomes."""
     state = state_of(request)
     state.keys.check(request)
-    message = parse_body(an.MessagesRequest, await read_body(request, state))
-    model_id = state.scheduler.resolve(message.model)
-    chat = to_chat_request(message, model=model_id)
+    parsed = parse_body(kind, await read_body(request, state))
+    model_id = state.scheduler.resolve(parsed.model)
+    return _Translated(state, parsed, model_id, to_chat_request(parsed, model=model_id))
+
+
+def _encoded(chat: dict[str, Any]) -> bytes:
+    return json.dumps(chat, separators=(",", ":")).encode()
+
+
+async def messages(request: Request) -> Response:
+    state, message, model_id, chat = await _translated(request, an.MessagesRequest)
     if message.stream:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # output_tokens in message_delta
-    raw = json.dumps(chat, separators=(",", ":")).encode()
+    raw = _encoded(chat)
     headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
     holders = state.scheduler.holders(model_id)
     session = session_key(model_id, chat, request.headers) if len(holders) > 1 else None
     stops = message.stop_sequences or []
     if message.stream:
-        renderer = AnthropicRenderer(message.model, stops)
+        renderer = AnthropicRenderer(message.model, stops, message.max_tokens)
         if not holders:
             return await state.proxy.open_stream_after_load(
                 _CHAT, model_id, raw, headers, session, renderer
@@ -47,7 +67,9 @@ async def messages(request: Request) -> Response:
         return state.proxy.stream(upstream, renderer)
     upstream = await state.proxy.open(_CHAT, model_id, raw, headers, session)
     completion = json.loads(await state.proxy.read(upstream))
-    answer = to_message(completion, model=message.model, stop_sequences=stops)
+    answer = to_message(
+        completion, model=message.model, stop_sequences=stops, max_tokens=message.max_tokens
+    )
     return Response(
         answer.model_dump_json(),
         media_type="application/json",
@@ -57,12 +79,7 @@ async def messages(request: Request) -> Response:
 
 async def count_tokens(request: Request) -> Response:
     """Exact: the neuron renders the prompt with the model's own template and tokenizer."""
-    state = state_of(request)
-    state.keys.check(request)
-    counted = parse_body(an.CountTokensRequest, await read_body(request, state))
-    model_id = state.scheduler.resolve(counted.model)
-    chat = to_chat_request(counted, model=model_id)
-    raw = json.dumps(chat, separators=(",", ":")).encode()
-    upstream = await state.proxy.open("/tokenize", model_id, raw, {})
+    state, _, model_id, chat = await _translated(request, an.CountTokensRequest)
+    upstream = await state.proxy.open("/tokenize", model_id, _encoded(chat), {})
     answer = json.loads(await state.proxy.read(upstream))
     return JSONResponse({"input_tokens": int(answer["count"])})
