@@ -12,7 +12,8 @@ from cortex.error_handlers import error_handlers
 from cortex.errors import CortexError
 from cortex.neuron import devices
 from cortex.neuron.manager import ModelManager
-from cortex.neuron.routes import ROUTES
+from cortex.neuron.metrics import NeuronMetrics
+from cortex.neuron.routes import DEBUG_ROUTES, ROUTES
 from cortex.neuron.settings import NeuronSettings
 
 log = logging.getLogger("cortex.neuron")
@@ -22,9 +23,17 @@ def create_app(settings: NeuronSettings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         found = devices.discover()
-        manager = ModelManager(found, settings.memory_budget_mb)
+        metrics = NeuronMetrics()
+        manager = ModelManager(
+            found,
+            settings.memory_budget_mb,
+            step_deadline_s=settings.step_deadline_s,
+            metrics=metrics,
+        )
+        manager.start()
         app.state.settings = settings
         app.state.manager = manager
+        app.state.metrics = metrics
         for device in found:
             log.info(
                 "device id=%s name=%r memory_mb=%d", device.id, device.name, device.memory_total_mb
@@ -44,4 +53,5 @@ def create_app(settings: NeuronSettings) -> Starlette:
         finally:
             await manager.close()
 
-    return Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=error_handlers(log))
+    routes = ROUTES + (DEBUG_ROUTES if settings.enable_fault_injection else [])
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=error_handlers(log))

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--enable-fault-injection", action="store_true", help="mount /debug/fault (testing only)"
     )
     serve.add_argument(
+        "--step-deadline-s",
+        type=float,
+        default=None,
+        help="a decode step longer than this is a hang; the model reloads (default 60)",
+    )
+    serve.add_argument(
         "--cpu-tp-ranks",
         type=int,
         default=1,
@@ -77,6 +83,7 @@ def load_settings(args: argparse.Namespace) -> NeuronSettings:
         "memory_budget_mb": args.memory_budget_mb,
         "token": args.token or None,
         "enable_fault_injection": args.enable_fault_injection,
+        "step_deadline_s": args.step_deadline_s,
         "cpu_tp_ranks": args.cpu_tp_ranks,
     }
     fields.update({key: value for key, value in flags.items() if value is not None})

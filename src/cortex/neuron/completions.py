@@ -92,7 +92,7 @@ async def stream_text(
             yield frame(event.text)
             continue
         if event.reason not in FINISH_REASONS:
-            yield data_frame(json.dumps(openai_error_body(finish_error(event))).encode())
+            yield data_frame(json.dumps(openai_error_body(finish_error(event, model.id))).encode())
             return
         yield frame("", FINISH_REASONS[event.reason])
         if include_usage:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
+from concurrent.futures import InvalidStateError
 
 import numpy as np
 
-from cortex.errors import ContextOverflow, InvalidRequest
-from cortex.neuron.engines.base import EmbeddingJob
+from cortex.errors import ContextOverflow, InvalidRequest, ModelRecovering
+from cortex.neuron.engines.base import EmbeddingJob, EngineFault
 from cortex.neuron.manager import LoadedModel
 from cortex.neuron.serving import check_token_ids
 from cortex.protocol import openai as oa
@@ -56,10 +58,20 @@ async def embed(model: LoadedModel, job: EmbeddingJob, encoding: str) -> oa.Embe
     """Run ``job`` on the model's device and answer in the requested encoding."""
     engine = model.engine
     assert engine is not None
+
+    def on_fault(reason: str) -> None:
+        if not job.result.done():
+            with contextlib.suppress(InvalidStateError):  # the device thread got there first
+                job.result.set_exception(ModelRecovering(model.id))
+
+    model.fault_listeners.add(on_fault)
     try:
         await model.worker.run(lambda: engine.submit_embedding(job))
         vectors = await asyncio.wrap_future(job.result)
+    except EngineFault:  # the device thread was lost before or during the job
+        raise ModelRecovering(model.id) from None
     finally:
+        model.fault_listeners.discard(on_fault)
         job.cancelled = True  # no-op once done; drops the job at the next step otherwise
         model.last_used = time.time()
     prompt_tokens = sum(len(tokens) for tokens in job.inputs)

@@ -4,15 +4,25 @@ States (transitions happen only in this module):
 
     loading ──ok──> ready ──fault──> poisoned ──> recovering ──ok──> ready
        └──fail──> (gone)                               └──fail──> (gone)
+
+A fault is anything that leaves the model's state in doubt: a decode step that
+raised, a device thread that died, a step that ran past the watchdog deadline.
+The model's requests end at once, new ones get 503 + Retry-After, and a
+background task (one per model, never on a request's path) closes the engine,
+builds a new one from the retained spec, checks that it generates, and marks it
+ready. A failed reload leaves the model unloaded; the next load starts afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from cortex.errors import (
@@ -24,10 +34,18 @@ from cortex.errors import (
 )
 from cortex.neuron.devices import Device, read_memory
 from cortex.neuron.engines import engine_for
-from cortex.neuron.engines.base import Engine
+from cortex.neuron.engines.base import (
+    Engine,
+    EngineFault,
+    Event,
+    Finished,
+    GenerationRequest,
+    SamplingParams,
+)
 from cortex.neuron.estimate import MemoryEstimate, estimate_memory
+from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.sources import parse_source, resolve_local
-from cortex.neuron.worker import DeviceWorker
+from cortex.neuron.worker import FAULT_KINDS, DeviceWorker
 from cortex.spec import ModelSpec
 
 log = logging.getLogger("cortex.neuron.manager")
@@ -53,6 +71,13 @@ class LoadedModel:
     embedding_counted: bool = False
     in_flight: int = 0
     last_used: float = field(default_factory=time.time)
+    path: Path | None = None  # the file the spec resolved to; a recovery reloads it
+    # Called with a reason when the model faults: each ends one waiting request.
+    fault_listeners: set[Callable[[str], None]] = field(default_factory=set)
+
+    def fail_requests(self, reason: str) -> None:
+        for listener in list(self.fault_listeners):
+            listener(reason)
 
     @property
     def id(self) -> str:
@@ -76,11 +101,28 @@ class LoadedModel:
 class ModelManager:
     """Owns every model on this node; request handlers only read from it."""
 
-    def __init__(self, devices: list[Device], memory_budget_mb: int | None) -> None:
+    def __init__(
+        self,
+        devices: list[Device],
+        memory_budget_mb: int | None,
+        *,
+        step_deadline_s: float = 60.0,
+        metrics: NeuronMetrics | None = None,
+    ) -> None:
         self._workers = [DeviceWorker(device, self.on_engine_fault) for device in devices]
         self._budget_mb = memory_budget_mb
+        self._deadline_s = step_deadline_s
+        self._metrics = metrics or NeuronMetrics()
         self._models: dict[str, LoadedModel] = {}
-        self._lock = asyncio.Lock()  # loads and unloads one at a time
+        self._lock = asyncio.Lock()  # loads, unloads and recoveries one at a time
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._recoveries: dict[str, asyncio.Task[None]] = {}
+
+    def start(self) -> None:
+        """Start watching the device threads; call from the app's lifespan."""
+        self._loop = asyncio.get_running_loop()
+        self._watchdog = asyncio.create_task(self._watch(), name="neuron-watchdog")
 
     # -- reads -----------------------------------------------------------------
 
@@ -139,6 +181,7 @@ class ModelManager:
             self._check_fits(worker.device, estimate.total_mb, spec)
             model = LoadedModel(
                 spec=spec,
+                path=path,
                 worker=worker,
                 memory_mb=estimate.total_mb,
                 embedding_mb=estimate.embedding_mb,
@@ -177,7 +220,11 @@ class ModelManager:
             log.info("unloaded model=%s", model_id)
 
     async def close(self) -> None:
-        """Unload every model and stop the device threads."""
+        """Stop watching and recovering, unload every model, stop the device threads."""
+        tasks = [t for t in (self._watchdog, *self._recoveries.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for model_id in list(self._models):
             await self.unload(model_id)
         for worker in self._workers:
@@ -192,12 +239,112 @@ class ModelManager:
         model.memory_mb += model.embedding_mb
         model.embedding_counted = True
 
+    async def inject_fault(self, model_id: str, kind: str) -> None:
+        """Testing only: the model's next decode step hits ``kind``."""
+        if kind not in FAULT_KINDS:
+            kinds = ", ".join(FAULT_KINDS)
+            raise InvalidRequest(f"fault kind must be one of {kinds}", param="kind")
+        model = self.ready(model_id)
+        engine, worker = model.engine, model.worker
+        assert engine is not None
+        crash_a_rank = getattr(engine, "inject_fault", None)
+        if kind == "worker_crash" and crash_a_rank is not None:  # a multi-process engine
+            await worker.run(lambda: crash_a_rank(kind))
+        else:
+            await worker.run(lambda: worker.arm_fault(engine, kind))  # type: ignore[arg-type]
+        log.warning("fault armed model=%s kind=%s", model_id, kind)
+
     def on_engine_fault(self, engine: Engine, error: BaseException) -> None:
         """Called on a device thread when a decode step fails: the model is poisoned."""
-        for model in self._models.values():
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._poison_engine, engine, f"engine fault: {error}")
+
+    # -- faults and recovery (on the event loop) ----------------------------------
+
+    def _poison_engine(self, engine: Engine, reason: str) -> None:
+        for model in list(self._models.values()):
             if model.engine is engine:
-                model.state = ModelState.POISONED
-                log.error("model=%s poisoned: %s", model.id, error)
+                self._poison(model, reason)
+
+    def _poison(self, model: LoadedModel, reason: str) -> None:
+        if model.state is not ModelState.READY:
+            return  # already poisoned or recovering, or still loading (its load fails)
+        model.state = ModelState.POISONED
+        log.error("model=%s poisoned: %s", model.id, reason)
+        model.fail_requests(reason)
+        if model.id not in self._recoveries:
+            task = asyncio.create_task(self._recover(model.id), name=f"recover-{model.id}")
+            self._recoveries[model.id] = task
+            task.add_done_callback(lambda _: self._recoveries.pop(model.id, None))
+
+    async def _watch(self, period_s: float = 0.25) -> None:
+        """A device thread that died or a step past the deadline: replace the thread."""
+        while True:
+            await asyncio.sleep(period_s)
+            for worker in list(self._workers):
+                if not worker.is_alive():
+                    self._replace_worker(worker, "its device thread died")
+                elif worker.step_age() > self._deadline_s:
+                    self._replace_worker(
+                        worker, f"a decode step ran past the {self._deadline_s:g} s deadline"
+                    )
+
+    def _replace_worker(self, old: DeviceWorker, reason: str) -> None:
+        log.error("device=%s worker replaced: %s", old.device.id, reason)
+        self._workers[self._workers.index(old)] = DeviceWorker(old.device, self.on_engine_fault)
+        # Requests learn of the fault before the old thread, let go, closes their engines.
+        for model in list(self._models.values()):
+            if model.worker is old:  # every model on a lost thread is in doubt
+                self._poison(model, f"engine fault: {reason}")
+        old.abandon()
+
+    async def _recover(self, model_id: str) -> None:
+        async with self._lock:
+            model = self._models.get(model_id)
+            if model is None or model.state is not ModelState.POISONED:
+                return
+            model.state = ModelState.RECOVERING
+            started = time.perf_counter()
+            old_engine, old_worker = model.engine, model.worker
+            model.engine = None
+            if old_engine is not None and not old_worker.abandoned:
+                with contextlib.suppress(Exception, TimeoutError):
+                    await asyncio.wait_for(
+                        old_worker.run(lambda: (old_worker.detach(old_engine), old_engine.close())),
+                        self._deadline_s,
+                    )
+            worker = self._worker_on(old_worker.device)
+            engine: Engine | None = None
+            try:
+                if model.path is None or not model.path.exists():
+                    raise EngineFault(f"the model file {model.path} is gone")
+                path, spec = model.path, model.spec
+                factory = engine_for(path)
+                engine = await worker.run(lambda: _construct(factory, path, spec, worker))
+                # a prompt's prefill and two steps, on a device busy with other models
+                await _sanity_check(engine, worker, timeout_s=3 * self._deadline_s)
+            except Exception as exc:
+                self._models.pop(model_id, None)
+                if engine is not None:
+                    with contextlib.suppress(Exception):
+                        await worker.run(lambda: (worker.detach(engine), engine.close()))
+                self._metrics.recoveries.labels(model_id, "failed").inc()
+                log.error(
+                    "recovery failed model=%s reason=%s detail=%r: unloaded; the next load "
+                    "starts afresh",
+                    model_id,
+                    getattr(exc, "kind", type(exc).__name__),
+                    str(exc),
+                )
+                return
+            model.engine, model.worker, model.state = engine, worker, ModelState.READY
+            self._metrics.recoveries.labels(model_id, "ok").inc()
+            log.info(
+                "recovered model=%s device=%s seconds=%.2f",
+                model_id,
+                worker.device.id,
+                time.perf_counter() - started,
+            )
 
     # -- internals ---------------------------------------------------------------
 
@@ -206,6 +353,9 @@ class ModelManager:
         model.engine = None
         if engine is not None:
             await worker.run(lambda: (worker.detach(engine), engine.close()))
+
+    def _worker_on(self, device: Device) -> DeviceWorker:
+        return next(w for w in self._workers if w.device.id == device.id)
 
     def _pick_worker(self) -> DeviceWorker:
         # GPUs first (the CPU is the fallback), the one with most free memory.
@@ -237,3 +387,36 @@ def _construct(factory, path, spec: ModelSpec, worker: DeviceWorker) -> Engine:
     engine = factory(path, spec, worker.device.id, worker.device.threads)
     worker.attach(engine)
     return engine
+
+
+class _FinishSink:
+    """Keeps only how a generation ended (for the post-recovery check)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.finished: asyncio.Future[Finished] = self._loop.create_future()
+
+    def put(self, event: Event) -> None:
+        if isinstance(event, Finished):
+            self._loop.call_soon_threadsafe(
+                lambda: self.finished.done() or self.finished.set_result(event)
+            )
+
+
+async def _sanity_check(engine: Engine, worker: DeviceWorker, timeout_s: float) -> None:
+    """A short greedy generation: the rebuilt model must answer before it serves."""
+    sink = _FinishSink()
+    request = GenerationRequest(
+        prompt_tokens=engine.tokenize_prompt("Hello"),
+        max_new_tokens=2,
+        sampling=SamplingParams(temperature=0.0),
+        stop=[],
+        sink=sink,
+    )
+    await worker.run(lambda: engine.submit(request))
+    try:
+        finished = await asyncio.wait_for(sink.finished, timeout_s)
+    finally:
+        request.cancelled = True
+    if finished.reason not in ("stop", "length"):
+        raise EngineFault(f"the reloaded model failed its check: {finished.error}")

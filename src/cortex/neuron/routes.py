@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import AsyncIterator
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -90,6 +91,22 @@ async def unload_model(request: Request) -> Response:
     return JSONResponse({"id": body["id"], "unloaded": True})
 
 
+async def inject_fault(request: Request) -> Response:
+    """Testing only (``--enable-fault-injection``): the model's next step hits the fault."""
+    _require_admin(request)
+    body = parse_json(await request.body())
+    fields = ("model", "kind")
+    if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in fields):
+        raise InvalidRequest('Expected {"model": "<model id>", "kind": "<fault kind>"}')
+    await _manager(request).inject_fault(body["model"], body["kind"])
+    return JSONResponse({"model": body["model"], "kind": body["kind"], "armed": True})
+
+
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
 async def tokenize(request: Request) -> Response:
     body = parse_json(await request.body())
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -166,4 +183,7 @@ ROUTES = [
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/metrics", metrics, methods=["GET"]),
 ]
+
+DEBUG_ROUTES = [Route("/debug/fault", inject_fault, methods=["POST"])]

@@ -8,9 +8,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from cortex.errors import ContextOverflow, CortexError, InvalidRequest, Overloaded, UpstreamError
+from cortex.errors import (
+    ContextOverflow,
+    CortexError,
+    InvalidRequest,
+    ModelRecovering,
+    Overloaded,
+    UpstreamError,
+)
 from cortex.neuron import grammar
 from cortex.neuron.engines.base import (
+    EngineFault,
     EngineInfo,
     Event,
     Finished,
@@ -27,6 +35,7 @@ from cortex.protocol.sse import DONE, data_frame
 
 # Engine finish reasons that end a response normally, as OpenAI names them.
 FINISH_REASONS = {"stop": "stop", "length": "length"}
+FAULT_PREFIX = "engine fault"  # how a generation ended by a model fault is worded
 
 
 class _QueueSink:
@@ -175,21 +184,33 @@ async def generate(model: LoadedModel, prepared: Prepared) -> AsyncIterator[Text
         stop=prepared.stop,
         sink=sink,
     )
+
+    def on_fault(reason: str) -> None:
+        sink.put(Finished("error", len(job.prompt_tokens), 0, error=reason))
+
+    model.fault_listeners.add(on_fault)
     try:
-        await model.worker.run(lambda: engine.submit(job))
+        try:
+            await model.worker.run(lambda: engine.submit(job))
+        except EngineFault:  # the device thread was lost before the request reached it
+            raise ModelRecovering(model.id) from None
         while True:
             event = await sink.queue.get()
             yield event
             if isinstance(event, Finished):
                 return
     finally:
+        model.fault_listeners.discard(on_fault)
         job.cancelled = True  # no-op once finished; frees the slot at the next step otherwise
         prepared.release()
 
 
-def finish_error(event: Finished) -> CortexError:
+def finish_error(event: Finished, model_id: str) -> CortexError:
     if event.error == "invalid grammar":
         return InvalidRequest("The output grammar could not be compiled.")
+    if event.error and event.error.startswith(FAULT_PREFIX):
+        # The model reloads itself: a retry shortly (or on another node) will work.
+        return ModelRecovering(model_id)
     return UpstreamError(f"generation failed: {event.error}", code="engine_error")
 
 
@@ -207,7 +228,7 @@ async def collect(model: LoadedModel, prepared: Prepared) -> tuple[str, Finished
         if isinstance(event, TextChunk):
             parts.append(event.text)
         elif event.reason not in FINISH_REASONS:
-            raise finish_error(event)
+            raise finish_error(event, model.id)
         else:
             return "".join(parts), event
     raise UpstreamError("generation ended without a result")
@@ -276,7 +297,7 @@ async def stream(
                 yield frame
             continue
         if event.reason not in FINISH_REASONS:
-            yield data_frame(json.dumps(openai_error_body(finish_error(event))).encode())
+            yield data_frame(json.dumps(openai_error_body(finish_error(event, model.id))).encode())
             return
         if parser is not None:
             for frame in deltas(*parser.finish()):

@@ -15,5 +15,7 @@ class NeuronSettings(BaseModel):
     memory_budget_mb: int | None = Field(default=None, ge=1)
     token: str | None = Field(default=None, repr=False)
     enable_fault_injection: bool = False
+    # A decode step running longer than this is a hang: the model is reloaded.
+    step_deadline_s: float = Field(default=60.0, gt=0)
     cpu_tp_ranks: int = Field(default=1, ge=1)
     load: list[ModelSpec] = Field(default_factory=list)
