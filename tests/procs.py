@@ -51,10 +51,16 @@ def alive(pid: int) -> bool:
 class Process:
     """A child process with its output in a log file, stopped on ``stop``."""
 
-    def __init__(self, command: list[str], log_path: Path, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        log_path: Path,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
         self.proc = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, cwd=cwd, env=env
         )
@@ -106,6 +112,7 @@ class Neuron(Process):
         name: str = "n1",
         loads: list[str] | None = None,
         extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -116,7 +123,7 @@ class Neuron(Process):
             *[arg for spec in (loads or []) for arg in ("--load", spec)],
             *(extra or []),
         ]  # fmt: skip
-        super().__init__(command, tmp / f"neuron-{name}.log")
+        super().__init__(command, tmp / f"neuron-{name}.log", env=env)
         expected = {spec.split("=", 1)[0] for spec in loads or []}
         self.wait_until(lambda: self._ready(expected), f"neuron {name}")
 
@@ -130,6 +137,14 @@ class Neuron(Process):
 
     def model(self, model_id: str) -> dict | None:
         return next((m for m in self.status()["models"] if m["id"] == model_id), None)
+
+
+def gateway_config(*nodes: Neuron, poll_interval_s: float = 0.5) -> str:
+    """A ``cortex.toml`` naming ``nodes``, polled every ``poll_interval_s``."""
+    config = f"[gateway]\npoll_interval_s = {poll_interval_s}\n"
+    for node in nodes:
+        config += f'\n[[neurons]]\nname = "{node.name}"\nendpoint = "{node.url}"\n'
+    return config
 
 
 class Gateway(Process):

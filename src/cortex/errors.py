@@ -5,8 +5,10 @@ codes and dialect error types lives here and nowhere else.
 
     CortexError                    500 internal
     ├── InvalidRequest             400 bad JSON, missing or wrong fields
+    │   ├── ClientDisconnected     499 the client left before a non-streamed answer
     │   ├── ContextOverflow        400 prompt longer than the model's context
-    │   └── ModelTooLarge          422 fits on no node even after every allowed eviction
+    │   ├── ModelTooLarge          422 fits on no node even after every allowed eviction
+    │   └── PreflightRejected      422 the source cannot be served as the spec asks
     ├── AuthenticationFailed       401 missing or wrong API key / admin token
     ├── ModelNotFound              404 no model or alias by that name
     ├── RequestTooLarge            413 body over the size limit
@@ -20,7 +22,7 @@ codes and dialect error types lives here and nowhere else.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 ErrorKind = Literal[
     "invalid_request",
@@ -55,6 +57,15 @@ class CortexError(Exception):
         self.code = code
         self.retry_after_s = retry_after_s
 
+    @property
+    def reason(self) -> str:
+        """What went wrong, in one word for logs (``reason=...``)."""
+        return self.kind
+
+    def details(self) -> dict[str, Any]:
+        """Fields a subclass adds to the error object of its envelope."""
+        return {}
+
 
 class InvalidRequest(CortexError):
     status = 400
@@ -83,6 +94,55 @@ class ModelTooLarge(InvalidRequest):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, param="model", code="model_too_large")
+
+
+PreflightKind = Literal[
+    "not_found",  # no such repository, file or directory
+    "access_denied",  # a gated or private repository this node has no token for
+    "offline_not_cached",  # HF_HUB_OFFLINE is set and the cache does not hold the source
+    "empty_source",  # neither GGUF nor safetensors weights
+    "gguf_tensor_parallel",  # tensor_parallel > 1 asked of GGUF-only weights
+    "quant_required",  # several GGUF files and no quant to choose one
+    "quant_not_found",  # no GGUF file matches the quant
+    "quant_ambiguous",  # several GGUF files match the quant
+    "quant_without_gguf",  # a quant asked of safetensors-only weights
+    "too_many_ranks",  # tensor_parallel larger than the devices that can take part
+    "insufficient_memory",  # the weights alone are larger than the device can ever hold
+]
+
+
+class PreflightRejected(InvalidRequest):
+    """The model's source cannot be served as its spec asks; found before any download
+    or device allocation. ``reason`` names the failure class, ``suggestion`` the fix."""
+
+    status = 422
+
+    def __init__(
+        self, reason: PreflightKind, *, model_id: str, detail: str, suggestion: str
+    ) -> None:
+        super().__init__(f"{detail} {suggestion}".strip(), param="source", code=reason)
+        self.preflight_kind: PreflightKind = reason
+        self.model_id = model_id
+        self.detail = detail
+        self.suggestion = suggestion
+
+    @property
+    def reason(self) -> str:
+        return self.preflight_kind
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "kind": self.preflight_kind,
+            "model_id": self.model_id,
+            "detail": self.detail,
+            "suggestion": self.suggestion,
+        }
+
+
+class ClientDisconnected(InvalidRequest):
+    """The client left before its answer was ready; nobody reads the response."""
+
+    status = 499  # nginx's "client closed request"
 
 
 class AuthenticationFailed(CortexError):
@@ -159,7 +219,12 @@ class RelayedError(CortexError):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: float | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message, param=param, code=code, retry_after_s=retry_after_s)
         self.status = status
         self.kind = _KIND_BY_STATUS.get(status, "upstream" if status >= 500 else "invalid_request")
+        self._details = details or {}
+
+    def details(self) -> dict[str, Any]:
+        return self._details

@@ -88,3 +88,18 @@ def test_parse_body_errors_are_readable() -> None:
     with pytest.raises(InvalidRequest, match=r"messages: Field required") as caught:
         parse_body(ChatCompletionRequest, b'{"model": "m"}')
     assert caught.value.param == "messages"
+
+
+def test_a_relayed_preflight_rejection_keeps_its_structured_fields() -> None:
+    fields = {"kind": "quant_not_found", "model_id": "m", "detail": "d", "suggestion": "s"}
+    raw = json.dumps({"error": {"message": "d s", "code": "quant_not_found", **fields}})
+    error = error_from_openai_body(422, raw.encode())
+    assert error.status == 422
+    assert openai_error_body(error)["error"] == {
+        **fields,
+        "message": "d s",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "quant_not_found",
+    }
+    assert anthropic_error_body(error)["error"]["suggestion"] == "s"

@@ -29,6 +29,7 @@ def create_app(settings: NeuronSettings) -> Starlette:
             settings.memory_budget_mb,
             step_deadline_s=settings.step_deadline_s,
             metrics=metrics,
+            cpu_tp_ranks=settings.cpu_tp_ranks,
         )
         manager.start()
         app.state.settings = settings
@@ -45,7 +46,7 @@ def create_app(settings: NeuronSettings) -> Starlette:
                 log.error(
                     "start-up load failed model=%s reason=%s detail=%r",
                     spec.id,
-                    exc.kind,
+                    exc.reason,  # a preflight rejection's own kind, e.g. gguf_tensor_parallel
                     exc.message,
                 )
         try:

@@ -44,7 +44,7 @@ from cortex.neuron.engines.base import (
 )
 from cortex.neuron.estimate import MemoryEstimate, estimate_memory
 from cortex.neuron.metrics import NeuronMetrics
-from cortex.neuron.sources import parse_source, resolve_local
+from cortex.neuron.sources import prepare_source
 from cortex.neuron.worker import FAULT_KINDS, DeviceWorker
 from cortex.spec import ModelSpec
 
@@ -72,6 +72,7 @@ class LoadedModel:
     in_flight: int = 0
     last_used: float = field(default_factory=time.time)
     path: Path | None = None  # the file the spec resolved to; a recovery reloads it
+    metrics: NeuronMetrics | None = None
     # Called with a reason when the model faults: each ends one waiting request.
     fault_listeners: set[Callable[[str], None]] = field(default_factory=set)
 
@@ -108,8 +109,10 @@ class ModelManager:
         *,
         step_deadline_s: float = 60.0,
         metrics: NeuronMetrics | None = None,
+        cpu_tp_ranks: int = 1,
     ) -> None:
-        self._workers = [DeviceWorker(device, self.on_engine_fault) for device in devices]
+        self._workers = [self._new_worker(device) for device in devices]
+        self._cpu_tp_ranks = cpu_tp_ranks  # ranks tensor_parallel may use on a GPU-less node
         self._budget_mb = memory_budget_mb
         self._deadline_s = step_deadline_s
         self._metrics = metrics or NeuronMetrics()
@@ -118,6 +121,11 @@ class ModelManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._recoveries: dict[str, asyncio.Task[None]] = {}
+        self._metrics.watch_states(lambda: [(m.id, m.state.value) for m in self.models()])
+
+    @property
+    def metrics(self) -> NeuronMetrics:
+        return self._metrics
 
     def start(self) -> None:
         """Start watching the device threads; call from the app's lifespan."""
@@ -160,11 +168,9 @@ class ModelManager:
     # -- lifecycle ---------------------------------------------------------------
 
     async def load(self, spec: ModelSpec) -> LoadedModel:
-        if spec.tensor_parallel > 1:
-            raise InvalidRequest(
-                f"tensor_parallel={spec.tensor_parallel} needs a dense safetensors engine; "
-                "this node serves GGUF models on one device"
-            )
+        # Preflight (422 for what this node can never serve) and any download run before
+        # the lock: a long download must not hold up other loads, unloads and recoveries.
+        path = None if spec.id in self._models else await self._prepare(spec)
         async with self._lock:
             existing = self._models.get(spec.id)
             if existing is not None:
@@ -174,7 +180,7 @@ class ModelManager:
                         "unload it first"
                     )
                 return existing
-            path = resolve_local(parse_source(spec.source), spec.quant)
+            path = path or await self._prepare(spec)  # unloaded while this load waited
             factory = engine_for(path)
             estimate = await asyncio.to_thread(estimate_memory, path, spec)
             worker = self._pick_worker()
@@ -187,6 +193,7 @@ class ModelManager:
                 embedding_mb=estimate.embedding_mb,
             )
             self._models[spec.id] = model
+            model.metrics = self._metrics
             started = time.perf_counter()
             try:
                 model.engine = await worker.run(lambda: _construct(factory, path, spec, worker))
@@ -207,7 +214,8 @@ class ModelManager:
 
     async def estimate(self, spec: ModelSpec) -> MemoryEstimate:
         """What loading ``spec`` would take, from its files' headers; nothing is loaded."""
-        path = resolve_local(parse_source(spec.source), spec.quant)
+        # The spec's own checks only: how many devices and how much memory are placement's.
+        path = await asyncio.to_thread(prepare_source, spec, devices_available=None, free_mb=None)
         engine_for(path)  # the same refusal a load would give for an unservable file
         return await asyncio.to_thread(estimate_memory, path, spec)
 
@@ -291,7 +299,7 @@ class ModelManager:
 
     def _replace_worker(self, old: DeviceWorker, reason: str) -> None:
         log.error("device=%s worker replaced: %s", old.device.id, reason)
-        self._workers[self._workers.index(old)] = DeviceWorker(old.device, self.on_engine_fault)
+        self._workers[self._workers.index(old)] = self._new_worker(old.device)
         # Requests learn of the fault before the old thread, let go, closes their engines.
         for model in list(self._models.values()):
             if model.worker is old:  # every model on a lost thread is in doubt
@@ -348,11 +356,34 @@ class ModelManager:
 
     # -- internals ---------------------------------------------------------------
 
+    async def _prepare(self, spec: ModelSpec) -> Path:
+        """The spec's source listed, preflighted and fetched: the local path to load."""
+        gpus = sum(1 for w in self._workers if w.device.id != "cpu")
+        room = self._pick_worker().device
+        free_mb = read_memory(room).free_mb + self._used_mb(room)  # were ours all unloaded
+        if self._budget_mb is not None:
+            free_mb = min(free_mb, self._budget_mb)
+        return await asyncio.to_thread(
+            prepare_source,
+            spec,
+            devices_available=gpus or self._cpu_tp_ranks,
+            free_mb=free_mb,
+        )
+
     async def _close(self, model: LoadedModel) -> None:
         engine, worker = model.engine, model.worker
         model.engine = None
         if engine is not None:
             await worker.run(lambda: (worker.detach(engine), engine.close()))
+
+    def _new_worker(self, device: Device) -> DeviceWorker:
+        return DeviceWorker(device, self.on_engine_fault, self._observe_step)
+
+    def _observe_step(self, engine: Engine, sequences: int) -> None:
+        """On a device thread, after each decode step: the batch size histogram."""
+        for model in list(self._models.values()):
+            if model.engine is engine:
+                self._metrics.batch_size.labels(model.id).observe(sequences)
 
     def _worker_on(self, device: Device) -> DeviceWorker:
         return next(w for w in self._workers if w.device.id == device.id)

@@ -1,14 +1,26 @@
-"""Where model files come from: ``pkg:``, ``file:`` and ``hf:`` sources, parsed in one place."""
+"""Where model files come from: ``pkg:``, ``file:`` and ``hf:`` sources, parsed in one place.
+
+Every source is listed the same way, ``(path, size)`` pairs (``hub.py`` asks the hub,
+local ones walk the directory), so the one preflight (``preflight.py``) judges them
+all before anything is fetched or allocated.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cortex.errors import InvalidRequest
+from cortex.errors import InvalidRequest, PreflightRejected
+from cortex.neuron import hub
+from cortex.neuron.preflight import Listing, Plan, plan
+from cortex.spec import ModelSpec
+
+log = logging.getLogger("cortex.neuron.sources")
 
 Scheme = Literal["pkg", "file", "hf"]
 
@@ -50,34 +62,80 @@ def _inside(root: Path, relative: str) -> Path:
     return path
 
 
-def pick_gguf(directory: Path, quant: str | None) -> Path:
-    """The one GGUF file in ``directory`` matching ``quant`` (case and separator blind)."""
-    files = sorted(directory.glob("*.gguf"))
-    if quant:
-        wanted = re.sub(r"[^a-z0-9]", "", quant.lower())
-        files = [f for f in files if wanted in re.sub(r"[^a-z0-9]", "", f.name.lower())]
-    if len(files) == 1:
-        return files[0]
-    what = f"matching quant '{quant}'" if quant else ""
-    if not files:
-        raise InvalidRequest(f"no GGUF file {what} in {directory}")
-    names = ", ".join(f.name for f in files)
-    raise InvalidRequest(f"several GGUF files {what} in {directory} ({names}): set quant")
-
-
-def resolve_local(source: Source, quant: str | None = None) -> Path:
-    """The model file a ``pkg:`` or ``file:`` source names, checked to exist."""
+def local_path(source: Source) -> Path:
+    """The file or directory a ``pkg:`` or ``file:`` source names (not checked to exist)."""
     if source.scheme == "pkg":
         module, _, relative = source.location.partition("/")
-        path = _inside(_package_root(module), relative or ".")
-    elif source.scheme == "file":
+        return _inside(_package_root(module), relative or ".")
+    if source.scheme == "file":
         path = Path(source.location)
         if not path.is_absolute():
             raise InvalidRequest(f"file source '{source}' must be an absolute path")
+        return path
+    raise InvalidRequest(f"'{source}' is not a local source")
+
+
+def list_local(path: Path) -> list[tuple[str, int]]:
+    """A local source listed like a hub repository: ``(path, size)`` under ``path``,
+    or the one file when ``path`` is a file."""
+    if path.is_file():
+        return [(path.name, path.stat().st_size)]
+    listing = []
+    for directory, _, names in os.walk(path):
+        for name in names:
+            file = Path(directory) / name
+            if file.is_file():
+                listing.append((file.relative_to(path).as_posix(), file.stat().st_size))
+    return sorted(listing)
+
+
+def prepare_source(spec: ModelSpec, *, devices_available: int | None, free_mb: int | None) -> Path:
+    """List the spec's source once, preflight it (``PreflightRejected`` says why not),
+    fetch what an ``hf:`` source needs, and return the local path to serve: a GGUF file,
+    or a dense checkpoint's directory (or its one safetensors file). Blocking: call it
+    from a thread. ``devices_available`` and ``free_mb`` as ``preflight.plan`` takes them.
+    """
+    source = parse_source(spec.source)
+    if source.scheme == "hf":
+        repo = hub.list_files(source.location, model_id=spec.id)
+        chosen = _plan(spec, repo.files, devices_available, free_mb)
+        root = hub.download(repo, chosen.files, model_id=spec.id)
     else:
+        path = local_path(source)
+        if not path.exists():
+            raise PreflightRejected(
+                "not_found",
+                model_id=spec.id,
+                detail=f"model file not found: {path}",
+                suggestion="Check the source path on this node.",
+            )
+        chosen = _plan(spec, list_local(path), devices_available, free_mb)
+        if path.is_file():
+            return path
+        root = path
+    return root / chosen.entry if chosen.entry else root
+
+
+def resolve_local(source: Source, quant: str | None = None) -> Path:
+    """The model file (or checkpoint directory) a ``pkg:`` or ``file:`` source names, for
+    callers with no spec at hand; the same preflight, without the device checks."""
+    if source.scheme == "hf":
         raise InvalidRequest(f"'{source}' is not a local source")
-    if path.is_dir():
-        return pick_gguf(path, quant)
-    if not path.exists():
-        raise InvalidRequest(f"model file not found: {path}")
-    return path
+    spec = ModelSpec(id="local", source=str(source), quant=quant)
+    return prepare_source(spec, devices_available=None, free_mb=None)
+
+
+def _plan(
+    spec: ModelSpec, listing: Listing, devices_available: int | None, free_mb: int | None
+) -> Plan:
+    chosen = plan(spec, listing, devices_available=devices_available, free_mb=free_mb)
+    log.info(
+        "source model=%s format=%s files=%d weights_mb=%d",
+        spec.id,
+        chosen.format,
+        len(chosen.files),
+        chosen.weights_bytes // 2**20,
+    )
+    if chosen.note:
+        log.info("source model=%s: %s", spec.id, chosen.note)
+    return chosen

@@ -32,9 +32,15 @@ _ANTHROPIC_TYPE = {
 }
 
 
+_STRUCTURED_FIELDS = ("kind", "model_id", "detail", "suggestion")
+
+
 def openai_error_body(error: CortexError) -> dict:
+    """OpenAI's envelope; an error's own fields (a preflight rejection's ``kind``,
+    ``model_id``, ``detail``, ``suggestion``) sit beside OpenAI's in the one object."""
     return {
         "error": {
+            **error.details(),
             "message": error.message,
             "type": _OPENAI_TYPE[error.kind],
             "param": error.param,
@@ -46,7 +52,11 @@ def openai_error_body(error: CortexError) -> dict:
 def anthropic_error_body(error: CortexError) -> dict:
     return {
         "type": "error",
-        "error": {"type": _ANTHROPIC_TYPE[error.kind], "message": error.message},
+        "error": {
+            **error.details(),
+            "type": _ANTHROPIC_TYPE[error.kind],
+            "message": error.message,
+        },
     }
 
 
@@ -67,12 +77,15 @@ def error_from_openai_body(status: int, body: bytes, retry_after: str | None = N
         detail = json.loads(body).get("error", {})
         message = str(detail.get("message") or "")
         param, code = detail.get("param"), detail.get("code")
+        # a preflight rejection's structured fields reach the client too
+        extra = {k: v for k, v in detail.items() if k in _STRUCTURED_FIELDS}
     except (ValueError, AttributeError):
-        message, param, code = "", None, None
+        message, param, code, extra = "", None, None, {}
     return RelayedError(
         message or body[:500].decode(errors="replace") or f"upstream answered {status}",
         status=status,
         param=param,
         code=code,
         retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        details=extra,
     )
