@@ -30,7 +30,12 @@ def test_models_are_merged_with_placement(client: openai.OpenAI) -> None:
     (card,) = client.models.list().data
     assert card.id == MODEL and card.object == "model"
     assert card.model_extra["loaded_on"] == ["n1"]
-    assert card.model_extra["aliases"] == ["claude-haiku-*", "small"]
+    assert card.model_extra["aliases"] == [
+        "claude-haiku-*",
+        "claude-sonnet-*",
+        "claude-opus-*",
+        "small",
+    ]
 
 
 def test_answers_equal_the_neurons(client: openai.OpenAI, direct: openai.OpenAI) -> None:
@@ -134,6 +139,26 @@ def test_client_disconnect_stops_generation(gateway: Gateway, neuron: Neuron) ->
         assert neuron.model(MODEL)["in_flight"] == 1
     # freed within a decode step or two, well inside a second
     deadline = time.monotonic() + 1
+    while neuron.model(MODEL)["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert neuron.model(MODEL)["in_flight"] == 0
+
+
+@pytest.mark.parametrize("via", ["gateway", "neuron"])
+def test_a_client_leaving_a_non_streamed_request_stops_its_generation(
+    gateway: Gateway, neuron: Neuron, via: str
+) -> None:
+    url = {"gateway": gateway.url, "neuron": neuron.url}[via]
+    essay = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Write a very long essay about rivers."}],
+        "max_tokens": 3000,
+        "temperature": 0,
+    }
+    # The client gives up after 1.5 s; the answer would take a minute or more.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/chat/completions", json=essay, timeout=1.5)
+    deadline = time.monotonic() + 2
     while neuron.model(MODEL)["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert neuron.model(MODEL)["in_flight"] == 0

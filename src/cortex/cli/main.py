@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -158,12 +159,59 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
 def cmd_status(args: argparse.Namespace) -> int:
     from cortex.cli.views import render_fleet
 
+    if getattr(args, "watch", False):
+        return _watch_status(args)
     fleet = _call(args, "GET", "/fleet")
     if args.json:
         print(json.dumps(fleet, indent=2))
     else:
         render_fleet(fleet, Console())
     return 0
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    """``cortex status --watch``: the fleet view, refreshed in place until Ctrl-C. A
+    gateway that stops answering is shown as such (with its last answer) and retried."""
+    from rich.live import Live
+
+    from cortex.cli.views import watch_view
+
+    interval = max(0.2, args.interval)
+    url = args.gateway.rstrip("/") + "/fleet"
+    fleet: dict[str, Any] | None = None
+    updated_at: float | None = None
+    # SIGTERM ends the watch like Ctrl-C: the last frame stays on screen, exit status 0.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        with Live(console=Console(), auto_refresh=False, redirect_stderr=False) as live:
+            while True:
+                error = None
+                try:
+                    response = httpx.get(url, headers=_gateway_headers(), timeout=max(2, interval))
+                    if response.status_code == 200:
+                        fleet, updated_at = response.json(), time.time()
+                    else:
+                        error = f"{response.status_code}: {_error_message(response)}"
+                except (httpx.HTTPError, ValueError) as exc:
+                    error = str(exc) or type(exc).__name__
+                frame = watch_view(
+                    fleet,
+                    gateway=args.gateway,
+                    interval_s=interval,
+                    updated_at=updated_at,
+                    error=error,
+                )
+                live.update(frame, refresh=True)
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -211,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--gateway", default=gateway_default, help="gateway URL")
         cmd.add_argument("--json", action="store_true", help="machine-readable output")
         cmd.set_defaults(run=run)
+        if name == "status":
+            cmd.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+            cmd.add_argument(
+                "--interval", type=float, default=2.0, help="seconds between refreshes (--watch)"
+            )
     for name, run, text in (
         ("load", cmd_load, "place and load a model"),
         ("unload", cmd_unload, "unload a model"),

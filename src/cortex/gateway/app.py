@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from cortex.config import GatewayConfig, ModelsConfig
@@ -23,9 +24,11 @@ from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neuron_client import NeuronClient
 from cortex.gateway.poller import Poller
 from cortex.gateway.proxy import Proxy
-from cortex.gateway.routes import admin, anthropic, openai
+from cortex.gateway.recording import RequestRecorder
+from cortex.gateway.routes import admin, anthropic, openai, ui
 from cortex.gateway.scheduler import Scheduler
 from cortex.gateway.state import GatewayState
+from cortex.gateway.stats import RecentRequests
 
 log = logging.getLogger("cortex.gateway")
 
@@ -43,6 +46,9 @@ ROUTES = [
     Route("/fleet/load", admin.fleet_load, methods=["POST"]),
     Route("/fleet/unload", admin.fleet_unload, methods=["POST"]),
     Route("/fleet/defrag", admin.fleet_defrag, methods=["POST"]),
+    Route("/fleet/stats", admin.fleet_stats, methods=["GET"]),
+    Route("/ui", ui.page, methods=["GET"]),
+    Route("/ui/{asset}", ui.asset, methods=["GET"]),
 ]
 
 
@@ -50,6 +56,7 @@ def create_app(
     config: GatewayConfig, models: ModelsConfig, registry: CollectorRegistry | None = None
 ) -> Starlette:
     metrics = GatewayMetrics(registry or CollectorRegistry())
+    recent = RecentRequests()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -76,6 +83,7 @@ def create_app(
             proxy=proxy,
             keys=ApiKeys(config.gateway.api_keys),
             metrics=metrics,
+            recent=recent,
         )
         await poller.poll_once()  # route from the first request on
         tasks = [
@@ -98,4 +106,5 @@ def create_app(
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers=error_handlers(log),
+        middleware=[Middleware(RequestRecorder, metrics=metrics, recent=recent)],
     )

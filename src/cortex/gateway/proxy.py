@@ -21,9 +21,11 @@ from cortex.errors import CortexError, ModelRecovering, UpstreamError
 from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable
 from cortex.gateway.poller import Poller
+from cortex.gateway.recording import record
 from cortex.gateway.renderers import PROMPT_TOKENS_HEADER, Renderer
 from cortex.gateway.scheduler import Scheduler
 from cortex.protocol.errors import error_from_openai_body
+from cortex.protocol.sse import REPORT_HEADER, parse_report
 
 log = logging.getLogger("cortex.gateway.proxy")
 
@@ -81,6 +83,9 @@ class Proxy:
         last_error: CortexError | None = None
         for _ in range(max(1, len(self._fleet.nodes))):
             node = await self._scheduler.acquire(model_id, frozenset(tried), session)
+            current = record()
+            if current is not None:
+                current.sending(node.name)
             try:
                 response = await self._clients[node.name].open_stream(path, raw, headers)
             except BaseException as exc:
@@ -94,6 +99,8 @@ class Proxy:
                 last_error = exc
                 continue
             upstream = Upstream(node, model_id, response, self._scheduler)
+            if current is not None:
+                current.answered()
             if response.status == 200:
                 return upstream
             raw_error = await response.read()
@@ -149,17 +156,28 @@ class Proxy:
     async def read(self, upstream: Upstream) -> bytes:
         """The whole body of a non-streamed answer."""
         try:
-            return await upstream.response.read()
+            body = await upstream.response.read()
+            current = record()
+            if current is not None:
+                current.answered()
+                current.apply_report(parse_report(upstream.response.headers.get(REPORT_HEADER)))
+            return body
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"node '{upstream.node.name}' failed mid-response: {exc}") from exc
         finally:
             upstream.close()
 
-    async def complete(self, upstream: Upstream) -> Response:
-        data = await self.read(upstream)
-        return Response(
-            data, media_type="application/json", headers={"x-cortex-node": upstream.node.name}
-        )
+    async def fetch(
+        self,
+        path: str,
+        model_id: str,
+        raw: bytes,
+        headers: dict[str, str],
+        session: str | None = None,
+    ) -> tuple[Node, bytes]:
+        """A non-streamed answer: the node that served it, and the body."""
+        upstream = await self.open(path, model_id, raw, headers, session)
+        return upstream.node, await self.read(upstream)
 
     def stream(self, upstream: Upstream, renderer: Renderer) -> StreamingResponse:
         return StreamingResponse(
@@ -179,6 +197,8 @@ class Proxy:
         try:
             async for data in upstream.response.content.iter_any():
                 tail = (tail + data)[-_TAIL_BYTES:]
+                if tail.endswith(_DONE):  # before the renderer, which may stop reading here
+                    _note_report(tail)
                 yield data
             # A neuron ends every stream with [DONE] or an error frame; anything else is a cut.
             if not tail.endswith(_DONE) and _ERROR_FRAME not in tail:
@@ -192,6 +212,13 @@ class Proxy:
             ) from exc
         finally:
             upstream.close()
+
+
+def _note_report(tail: bytes) -> None:
+    """The neuron's report (token counts, TTFT), sent just before ``[DONE]``, on the record."""
+    report, current = parse_report(tail), record()
+    if report and current is not None:
+        current.apply_report(report)
 
 
 def _close_if_opened(opening: asyncio.Future[Upstream]) -> None:

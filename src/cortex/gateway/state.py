@@ -13,6 +13,7 @@ from cortex.gateway.fleet import Fleet
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.scheduler import Scheduler
+from cortex.gateway.stats import RecentRequests
 
 
 @dataclass
@@ -24,6 +25,7 @@ class GatewayState:
     proxy: Proxy
     keys: ApiKeys
     metrics: GatewayMetrics
+    recent: RecentRequests
 
 
 def state_of(request: Request) -> GatewayState:

@@ -22,7 +22,7 @@ from cortex.neuron.serving import (
 )
 from cortex.protocol import openai as oa
 from cortex.protocol.errors import openai_error_body
-from cortex.protocol.sse import DONE, data_frame
+from cortex.protocol.sse import DONE, data_frame, report_frame
 
 
 async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) -> Prepared:
@@ -102,4 +102,5 @@ async def stream_text(
                     event.prompt_tokens, event.completion_tokens, event.cached_tokens
                 ),
             )
+    yield report_frame(prepared.report())
     yield DONE

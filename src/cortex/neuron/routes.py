@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cortex.disconnect import unless_disconnected
 from cortex.errors import AuthenticationFailed, InvalidRequest
 from cortex.neuron import completions as text_completions
 from cortex.neuron import embeddings as text_embeddings
@@ -20,7 +23,7 @@ from cortex.neuron.prompting import plan_tools, render_prompt
 from cortex.neuron.settings import NeuronSettings
 from cortex.protocol import openai as oa
 from cortex.protocol.parsing import parse_body, parse_json, parse_model
-from cortex.protocol.sse import PROMPT_TOKENS_HEADER
+from cortex.protocol.sse import PROMPT_TOKENS_HEADER, REPORT_HEADER
 from cortex.spec import ModelSpec
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -136,6 +139,15 @@ def _event_stream(frames: AsyncIterator[bytes], prepared: serving.Prepared) -> R
     )
 
 
+def _answer(completion: BaseModel, prepared: serving.Prepared) -> Response:
+    report = json.dumps(prepared.report(), separators=(",", ":"))
+    return Response(
+        completion.model_dump_json(),
+        media_type="application/json",
+        headers={REPORT_HEADER: report},
+    )
+
+
 def _wants_usage(body: oa.SamplingFields) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
@@ -146,8 +158,11 @@ async def chat_completions(request: Request) -> Response:
     prepared = await serving.prepare_chat(model, chat)
     if chat.stream:
         return _event_stream(serving.stream(model, prepared, _wants_usage(chat)), prepared)
-    completion = await serving.complete(model, prepared)
-    return Response(completion.model_dump_json(), media_type="application/json")
+    try:
+        completion = await unless_disconnected(request, serving.complete(model, prepared))
+    finally:
+        prepared.release()  # also when cancelled before generation began
+    return _answer(completion, prepared)
 
 
 async def completions(request: Request) -> Response:
@@ -157,8 +172,12 @@ async def completions(request: Request) -> Response:
     if body.stream:
         frames = text_completions.stream_text(model, prepared, _wants_usage(body))
         return _event_stream(frames, prepared)
-    completion = await text_completions.complete_text(model, prepared)
-    return Response(completion.model_dump_json(), media_type="application/json")
+    try:
+        answer = text_completions.complete_text(model, prepared)
+        completion = await unless_disconnected(request, answer)
+    finally:
+        prepared.release()  # also when cancelled before generation began
+    return _answer(completion, prepared)
 
 
 async def embeddings(request: Request) -> Response:
@@ -167,7 +186,9 @@ async def embeddings(request: Request) -> Response:
     model = manager.ready(body.model)
     job = await text_embeddings.prepare_embeddings(model, body)
     manager.count_embedding_context(model)
-    answer = await text_embeddings.embed(model, job, body.encoding_format)
+    answer = await unless_disconnected(
+        request, text_embeddings.embed(model, job, body.encoding_format)
+    )
     return Response(answer.model_dump_json(), media_type="application/json")
 
 

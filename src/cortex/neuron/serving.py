@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cortex.errors import (
     ContextOverflow,
@@ -31,7 +31,7 @@ from cortex.neuron.prompting import ToolPlan, plan_tools, render_prompt
 from cortex.neuron.toolcalls import ParsedToolCall, ToolCallStreamParser, parse_tool_calls
 from cortex.protocol import openai as oa
 from cortex.protocol.errors import openai_error_body
-from cortex.protocol.sse import DONE, data_frame
+from cortex.protocol.sse import DONE, data_frame, report_frame
 
 # Engine finish reasons that end a response normally, as OpenAI names them.
 FINISH_REASONS = {"stop": "stop", "length": "length"}
@@ -60,6 +60,20 @@ class Prepared:
     stop: list[str]
     tools: ToolPlan | None = None
     _holder: LoadedModel | None = None
+    arrived: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    finished: Finished | None = None
+
+    def report(self) -> dict[str, float | int | None]:
+        """What this generation measured, for the gateway (see ``protocol.sse``)."""
+        done = self.finished
+        ttft = self.first_token_at - self.arrived if self.first_token_at is not None else None
+        return {
+            "prompt_tokens": done.prompt_tokens if done else len(self.prompt_tokens),
+            "completion_tokens": done.completion_tokens if done else 0,
+            "cached_tokens": done.cached_tokens if done else 0,
+            "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
+        }
 
     def release(self) -> None:
         """Give back the place ``admit`` reserved; safe to call more than once."""
@@ -196,13 +210,31 @@ async def generate(model: LoadedModel, prepared: Prepared) -> AsyncIterator[Text
             raise ModelRecovering(model.id) from None
         while True:
             event = await sink.queue.get()
+            if isinstance(event, Finished):
+                prepared.finished = event
+            elif prepared.first_token_at is None:
+                prepared.first_token_at = time.perf_counter()
             yield event
             if isinstance(event, Finished):
                 return
     finally:
+        _record(model, prepared)
         model.fault_listeners.discard(on_fault)
         job.cancelled = True  # no-op once finished; frees the slot at the next step otherwise
         prepared.release()
+
+
+def _record(model: LoadedModel, prepared: Prepared) -> None:
+    metrics = model.metrics
+    if metrics is None:
+        return
+    done = prepared.finished
+    metrics.requests.labels(model.id, done.reason if done else "cancelled").inc()
+    if prepared.first_token_at is not None:
+        metrics.ttft.labels(model.id).observe(prepared.first_token_at - prepared.arrived)
+    if done is not None:
+        metrics.generated_tokens.labels(model.id).inc(done.completion_tokens)
+        metrics.prefix_cache_hits.labels(model.id).inc(done.cached_tokens)
 
 
 def finish_error(event: Finished, model_id: str) -> CortexError:
@@ -313,4 +345,5 @@ async def stream(
                     id=chunk_id, created=created, model=model.id, choices=[], usage=usage
                 )
             )
+    yield report_frame(prepared.report())
     yield DONE

@@ -30,6 +30,7 @@ T = TypeVar("T")
 log = logging.getLogger("cortex.neuron.worker")
 
 FaultHandler = Callable[[Engine, BaseException], None]
+StepObserver = Callable[[Engine, int], None]  # engine, sequences decoded in its step
 FaultKind = Literal["device_error", "hang", "worker_crash"]
 FAULT_KINDS: tuple[FaultKind, ...] = ("device_error", "hang", "worker_crash")
 _STOP = object()
@@ -40,9 +41,12 @@ class WorkerCrash(BaseException):
 
 
 class DeviceWorker:
-    def __init__(self, device: Device, on_fault: FaultHandler) -> None:
+    def __init__(
+        self, device: Device, on_fault: FaultHandler, on_step: StepObserver | None = None
+    ) -> None:
         self.device = device
         self._on_fault = on_fault
+        self._on_step = on_step
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._engines: list[Engine] = []
         self._faults: dict[int, FaultKind] = {}  # id(engine) -> fault for its next step
@@ -161,6 +165,9 @@ class DeviceWorker:
             if fault == "device_error":
                 raise EngineFault("injected device error")
             engine.step()
+            sequences = getattr(engine, "step_sequences", 0)
+            if sequences and self._on_step is not None:
+                self._on_step(engine, sequences)
         except Exception as exc:
             if self._abandoned.is_set():
                 return

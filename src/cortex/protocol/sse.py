@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -11,6 +13,31 @@ KEEPALIVE = b": keep-alive\n\n"
 # A neuron's stream carries its prompt's token count in this header, known before the
 # first token: dialects that report input tokens first (Anthropic's message_start) need it.
 PROMPT_TOKENS_HEADER = "x-cortex-prompt-tokens"
+# What a neuron measured for one generation (token counts, its time to first token), for
+# the gateway's metrics: a header on a plain answer, an SSE comment (ignored by every
+# client) just before ``[DONE]`` on a stream, so the gateway never parses each frame.
+REPORT_HEADER = "x-cortex-report"
+_REPORT_COMMENT = b": cortex-report "
+
+
+def report_frame(report: dict[str, float | int | None]) -> bytes:
+    return _REPORT_COMMENT + json.dumps(report, separators=(",", ":")).encode() + b"\n\n"
+
+
+def parse_report(text: bytes | str | None) -> dict[str, Any]:
+    """The report in a header value or in a stream's last bytes; ``{}`` when there is none."""
+    if not text:
+        return {}
+    raw = text.encode() if isinstance(text, str) else text
+    start = raw.rfind(_REPORT_COMMENT)
+    if start >= 0:
+        end = raw.find(b"\n", start)
+        raw = raw[start + len(_REPORT_COMMENT) : end if end >= 0 else None]
+    try:
+        report = json.loads(raw)
+    except ValueError:
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def data_frame(payload: BaseModel | bytes) -> bytes:

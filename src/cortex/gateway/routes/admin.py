@@ -26,10 +26,14 @@ async def fleet_view(request: Request) -> Response:
     state = state_of(request)
     state.keys.check(request)
     eviction = state.config.eviction
+    models = model_entries(state)
+    for entry in models:
+        entry["requests_last_min"] = state.recent.rate_per_min(entry["id"])
     return JSONResponse(
         {
             "nodes": [node.view() for node in state.fleet.nodes.values()],
-            "models": model_entries(state),
+            "models": models,
+            "requests_last_min": state.recent.rate_per_min(),
             "eviction": {
                 "strategy": eviction.strategy,
                 "idle_unload_after_s": eviction.idle_unload_after_s,
@@ -38,6 +42,20 @@ async def fleet_view(request: Request) -> Response:
             },
         }
     )
+
+
+async def fleet_stats(request: Request) -> Response:
+    """The last minutes of requests per model, bucketed, for the ``/ui`` charts.
+
+    Query: ``span_s`` (default 600, at most 900) and ``step_s`` (default 10)."""
+    state = state_of(request)
+    state.keys.check(request)
+    try:
+        span_s = min(900.0, float(request.query_params.get("span_s", 600)))
+        step_s = max(1.0, float(request.query_params.get("step_s", 10)))
+    except ValueError:
+        raise InvalidRequest("span_s and step_s must be numbers of seconds.") from None
+    return JSONResponse(state.recent.series(span_s=span_s, step_s=step_s))
 
 
 async def _model_and_node(request: Request) -> tuple[str, str | None]:

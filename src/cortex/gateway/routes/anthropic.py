@@ -12,9 +12,11 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from cortex.disconnect import unless_disconnected
 from cortex.gateway.affinity import session_key
+from cortex.gateway.recording import forwarded_headers
 from cortex.gateway.renderers import AnthropicRenderer
-from cortex.gateway.routes.openai import FORWARDED_HEADERS, read_body
+from cortex.gateway.routes.openai import read_body, resolve_model
 from cortex.gateway.state import GatewayState, state_of
 from cortex.protocol import anthropic as an
 from cortex.protocol.parsing import parse_body
@@ -39,7 +41,7 @@ async def _translated(request: Request, kind: type[RequestT]) -> _Translated[Req
     state = state_of(request)
     state.keys.check(request)
     parsed = parse_body(kind, await read_body(request, state))
-    model_id = state.scheduler.resolve(parsed.model)
+    model_id = resolve_model(state, parsed.model)
     return _Translated(state, parsed, model_id, to_chat_request(parsed, model=model_id))
 
 
@@ -53,7 +55,7 @@ async def messages(request: Request) -> Response:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # output_tokens in message_delta
     raw = _encoded(chat)
-    headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+    headers = forwarded_headers()
     holders = state.scheduler.holders(model_id)
     session = session_key(model_id, chat, request.headers) if len(holders) > 1 else None
     stops = message.stop_sequences or []
@@ -65,21 +67,20 @@ async def messages(request: Request) -> Response:
             )
         upstream = await state.proxy.open(_CHAT, model_id, raw, headers, session)
         return state.proxy.stream(upstream, renderer)
-    upstream = await state.proxy.open(_CHAT, model_id, raw, headers, session)
-    completion = json.loads(await state.proxy.read(upstream))
+    fetched = state.proxy.fetch(_CHAT, model_id, raw, headers, session)
+    node, data = await unless_disconnected(request, fetched)
     answer = to_message(
-        completion, model=message.model, stop_sequences=stops, max_tokens=message.max_tokens
+        json.loads(data), model=message.model, stop_sequences=stops, max_tokens=message.max_tokens
     )
     return Response(
         answer.model_dump_json(),
         media_type="application/json",
-        headers={"x-cortex-node": upstream.node.name},
+        headers={"x-cortex-node": node.name},
     )
 
 
 async def count_tokens(request: Request) -> Response:
     """Exact: the neuron renders the prompt with the model's own template and tokenizer."""
     state, _, model_id, chat = await _translated(request, an.CountTokensRequest)
-    upstream = await state.proxy.open("/tokenize", model_id, _encoded(chat), {})
-    answer = json.loads(await state.proxy.read(upstream))
-    return JSONResponse({"input_tokens": int(answer["count"])})
+    _, data = await state.proxy.fetch("/tokenize", model_id, _encoded(chat), {})
+    return JSONResponse({"input_tokens": int(json.loads(data)["count"])})

@@ -9,16 +9,26 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from cortex.disconnect import unless_disconnected
 from cortex.errors import InvalidRequest, RequestTooLarge
 from cortex.gateway.affinity import session_key
+from cortex.gateway.recording import forwarded_headers, record
 from cortex.gateway.renderers import OpenAIRenderer
 from cortex.gateway.state import GatewayState, state_of
 from cortex.gateway.views import anthropic_model_list, model_entries
 from cortex.protocol import openai as oa
 from cortex.protocol.parsing import parse_json
 
-FORWARDED_HEADERS = ("x-request-id",)
 _RENDERER = OpenAIRenderer()
+
+
+def resolve_model(state: GatewayState, name: str) -> str:
+    """The model id a client's name (id or alias) stands for, noted on the request's record."""
+    model_id = state.scheduler.resolve(name)
+    current = record()
+    if current is not None:
+        current.model = model_id
+    return model_id
 
 
 async def read_body(request: Request, state: GatewayState) -> bytes:
@@ -52,21 +62,23 @@ async def _forward(request: Request, path: str, required: str) -> Response:
     # Full validation happens once, on the neuron; here only what routing needs.
     if not body.get(required):
         raise InvalidRequest(f"'{required}' is required.", param=required)
-    headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-    model_id = state.scheduler.resolve(body["model"])
+    headers = forwarded_headers()
+    model_id = resolve_model(state, body["model"])
     if model_id != body["model"]:  # an alias: the neuron knows the model by its id
         raw = json.dumps({**body, "model": model_id}, separators=(",", ":")).encode()
     # affinity only matters where there is a choice of node
     holders = state.scheduler.holders(model_id)
     session = session_key(model_id, body, request.headers) if len(holders) > 1 else None
-    if body.get("stream") and not holders:
-        return await state.proxy.open_stream_after_load(
-            path, model_id, raw, headers, session, _RENDERER
-        )
-    upstream = await state.proxy.open(path, model_id, raw, headers, session)
     if body.get("stream"):
+        if not holders:
+            return await state.proxy.open_stream_after_load(
+                path, model_id, raw, headers, session, _RENDERER
+            )
+        upstream = await state.proxy.open(path, model_id, raw, headers, session)
         return state.proxy.stream(upstream, _RENDERER)
-    return await state.proxy.complete(upstream)
+    answer = state.proxy.fetch(path, model_id, raw, headers, session)
+    node, data = await unless_disconnected(request, answer)
+    return Response(data, media_type="application/json", headers={"x-cortex-node": node.name})
 
 
 async def chat_completions(request: Request) -> Response:

@@ -109,6 +109,8 @@ class Engine(Protocol):
     """A loaded model on one device. All methods run on the device's worker thread."""
 
     info: EngineInfo
+    # Sequences the last ``step`` decoded (0 when it decoded none): the batch-size metric.
+    step_sequences: int
 
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokens of a rendered prompt. Safe from any thread (reads the vocabulary only)."""

@@ -118,6 +118,7 @@ class LlamaCppEngine:
         self._context_length = C.llama_n_ctx_seq(self._ctx)
         self._batch = C.llama_batch_init(_BATCH_TOKENS + spec.max_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(spec.max_batch)]
+        self.step_sequences = 0
         self._prefix_cache = spec.prefix_cache
         self._waiting: deque[GenerationRequest] = deque()
         self._active: list[_Sequence] = []
@@ -175,6 +176,7 @@ class LlamaCppEngine:
     def step(self) -> None:
         self._drop_cancelled()
         self._admit()
+        self.step_sequences = len(self._active)
         if self._active:
             self._decode_step()
         # then one micro-batch of embeddings: a long embeddings job never stalls the streams

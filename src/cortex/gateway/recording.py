@@ -1,0 +1,200 @@
+"""What the gateway measures about each API request, and where it goes.
+
+A pure ASGI middleware opens a ``RequestRecord`` for every ``POST /v1/...``:
+it takes the client's ``x-request-id`` or makes one, and returns it. Routes and
+the proxy fill the record in through a context variable (model, node, when the
+request went upstream and when the answer came back, the neuron's report of
+token counts and time to first token). When the response has ended the record is
+written once: Prometheus metrics, the recent-requests window behind ``/ui`` and
+``cortex status``, and one log line.
+
+A pure ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``: the latter
+runs every response through an extra task and memory stream, which costs the
+streams their latency.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cortex.error_handlers import ANTHROPIC_PATH
+from cortex.gateway.metrics import GatewayMetrics
+from cortex.gateway.stats import RecentRequests, RequestSample
+
+log = logging.getLogger("cortex.gateway.requests")
+
+REQUEST_ID_HEADER = "x-request-id"
+OVERHEAD_HEADER = "x-cortex-overhead-ms"
+_NONE = "-"  # label value before a model or node is known (unknown model, bad request)
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    dialect: str
+    started: float = field(default_factory=time.perf_counter)
+    model: str = ""
+    node: str = ""
+    sent_upstream: float | None = None
+    upstream_answered: float | None = None  # headers of a stream; the whole plain answer
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    upstream_ttft_s: float | None = None  # the neuron's, from its arrival to its first token
+    overhead_s: float | None = None  # the gateway's own time, once the response starts
+
+    def sending(self, node: str) -> None:
+        self.node = node
+        self.sent_upstream = time.perf_counter()
+
+    def answered(self) -> None:
+        self.upstream_answered = time.perf_counter()
+
+    def apply_report(self, report: dict[str, Any]) -> None:
+        """Token counts and TTFT as the neuron measured them (``protocol.sse``)."""
+        self.prompt_tokens = int(report.get("prompt_tokens") or 0)
+        self.completion_tokens = int(report.get("completion_tokens") or 0)
+        ttft_ms = report.get("ttft_ms")
+        self.upstream_ttft_s = ttft_ms / 1000 if isinstance(ttft_ms, int | float) else None
+
+    def starting_response(self, status: int) -> None:
+        """The gateway's own time so far: before the request went upstream, and from the
+        node's answer (a stream's headers, a plain answer's whole body) to now."""
+        self.status = status
+        if self.sent_upstream is not None and self.upstream_answered is not None:
+            now = time.perf_counter()
+            self.overhead_s = (self.sent_upstream - self.started) + (now - self.upstream_answered)
+
+    def ttft_s(self) -> float | None:
+        if self.upstream_ttft_s is None or self.sent_upstream is None:
+            return None
+        return (self.sent_upstream - self.started) + self.upstream_ttft_s
+
+
+current_record: ContextVar[RequestRecord | None] = ContextVar("cortex_request", default=None)
+
+
+def record() -> RequestRecord | None:
+    """The record of the request being served here, if it is an API request."""
+    return current_record.get()
+
+
+def forwarded_headers() -> dict[str, str]:
+    """Headers a neuron gets with the request: its id, so both logs name it."""
+    current = current_record.get()
+    return {REQUEST_ID_HEADER: current.request_id} if current else {}
+
+
+class RequestRecorder:
+    """ASGI middleware: one ``RequestRecord`` per API request, written when it ends."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, recent: RecentRequests) -> None:
+        self._app = app
+        self._metrics = metrics
+        self._recent = recent
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope.get("method") != "POST" or path[:4] != "/v1/":
+            await self._app(scope, receive, send)
+            return
+        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        current = RequestRecord(
+            request_id=request_id[:128],
+            dialect="anthropic" if path.startswith(ANTHROPIC_PATH) else "openai",
+        )
+        token = current_record.set(current)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                current.starting_response(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", current.request_id.encode()))
+                if current.overhead_s is not None:
+                    overhead_ms = f"{current.overhead_s * 1000:.3f}".encode()
+                    headers.append((OVERHEAD_HEADER.encode(), overhead_ms))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_with_headers)
+        except BaseException:
+            current.status = current.status or 500
+            raise
+        finally:
+            current_record.reset(token)
+            self._write(current)
+
+    def _write(self, done: RequestRecord) -> None:
+        now = time.perf_counter()
+        duration = now - done.started
+        model, node = done.model or _NONE, done.node or _NONE
+        metrics = self._metrics
+        metrics.requests.labels(model, node, done.dialect, str(done.status or 499)).inc()
+        metrics.duration.labels(model, node).observe(duration)
+        ttft = done.ttft_s()
+        rate = None
+        if ttft is not None:
+            metrics.ttft.labels(model, node).observe(ttft)
+            if done.completion_tokens > 1 and duration > ttft:
+                rate = (done.completion_tokens - 1) / (duration - ttft)
+                metrics.output_rate.labels(model, node).observe(rate)
+        if done.prompt_tokens:
+            metrics.prompt_tokens.labels(model, node).inc(done.prompt_tokens)
+        if done.completion_tokens:
+            metrics.completion_tokens.labels(model, node).inc(done.completion_tokens)
+        if done.overhead_s is not None and done.status < 400:
+            metrics.overhead.observe(done.overhead_s)
+        self._recent.add(
+            RequestSample(
+                at=time.time(),
+                model=model,
+                node=node,
+                dialect=done.dialect,
+                status=done.status,
+                duration_s=duration,
+                ttft_s=ttft,
+                prompt_tokens=done.prompt_tokens,
+                completion_tokens=done.completion_tokens,
+                tokens_per_s=rate,
+            )
+        )
+        fields = {
+            "request_id": done.request_id,
+            "model": model,
+            "node": node,
+            "dialect": done.dialect,
+            "status": done.status,
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
+            "latency_ms": round(duration * 1000, 1),
+        }
+        log.info(
+            "request %s model=%s node=%s dialect=%s status=%s tokens=%d+%d ttft_ms=%s "
+            "latency_ms=%.1f",
+            done.request_id,
+            model,
+            node,
+            done.dialect,
+            done.status,
+            done.prompt_tokens,
+            done.completion_tokens,
+            fields["ttft_ms"],
+            fields["latency_ms"],
+            extra={"fields": fields},
+        )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
