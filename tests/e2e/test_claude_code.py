@@ -4,7 +4,9 @@
 (``scripts/test`` runs it); where it is missing these tests skip and say why.
 Claude Code runs offline: a temporary HOME (no user settings), no telemetry, no
 updater; it asks for ``claude-opus-*``, which the test gateway aliases to the
-bundled 135M model (context 4096).
+bundled 135M model (context 4096). The gateway and neuron are this module's own:
+Claude Code's long prompts leave the neuron's prefix cache in a state that the
+session neuron's exact-answer tests should not depend on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from procs import Gateway
+from procs import BUNDLED, MODEL, Gateway, Neuron, gateway_config
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +52,23 @@ def _run(
         text=True,
         timeout=120,  # a hang fails here
     )
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory):
+    """A neuron and a gateway for Claude Code, which asks for claude-* model names."""
+    tmp = tmp_path_factory.mktemp("claude-code")
+    node = Neuron(tmp, "cc1", [f"{MODEL}={BUNDLED}"])
+    models = f"""
+[[models]]
+id = "{MODEL}"
+source = "{BUNDLED}"
+aliases = ["claude-haiku-*", "claude-sonnet-*", "claude-opus-*"]
+"""
+    process = Gateway(tmp, gateway_config(node), models, {MODEL})
+    yield process
+    process.stop()
+    node.stop()
 
 
 @pytest.fixture(scope="module")
