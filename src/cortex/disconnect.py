@@ -2,14 +2,14 @@
 
 Starlette cancels a streaming response when the client goes away, but a plain
 handler runs to the end: a client that timed out would leave its generation
-holding a batch slot for minutes. ``unless_disconnected`` races the work against
-the ASGI ``http.disconnect`` message and cancels the work when the client leaves.
+holding a batch slot for minutes. ``unless_disconnected`` watches for the ASGI
+``http.disconnect`` message beside the work and cancels the work when it comes.
+One watcher task per request, nothing else: this sits on every non-streamed request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -18,26 +18,27 @@ from starlette.requests import Request
 from cortex.errors import ClientDisconnected
 
 T = TypeVar("T")
+_GONE = "client disconnected"
 
 
-async def _disconnected(request: Request) -> None:
+async def _cancel_on_disconnect(request: Request, task: asyncio.Task) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+    task.cancel(_GONE)
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     """``work``'s result, or ``ClientDisconnected`` once the client has left (``work`` is
     cancelled). Call only after the request body is read: this consumes ``receive``."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, task))
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():
+            raise  # cancelled from elsewhere (shutdown): not ours to swallow
+        task.uncancel()
+        raise ClientDisconnected("The client disconnected before the answer was ready.") from None
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise ClientDisconnected("The client disconnected before the answer was ready.")
-    return task.result()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Literal
@@ -25,7 +28,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _HandOff(logging.handlers.QueueHandler):
+    """Puts records on the queue as they are: formatting and writing happen on the
+    listener's thread, off the request path (the gateway logs a line per request).
+    Safe because our records' arguments are plain values nobody changes afterwards."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
 def setup_logging(fmt: LogFormat = "auto", level: int = logging.INFO) -> None:
+    global _listener  # one writer thread per process, replaced on a second call
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     if use_json:
@@ -36,8 +52,14 @@ def setup_logging(fmt: LogFormat = "auto", level: int = logging.INFO) -> None:
         )
         formatter.converter = time.localtime
         handler.setFormatter(formatter)
+    if _listener is not None:
+        _listener.stop()
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, handler)
+    _listener.start()
+    atexit.register(_listener.stop)  # what is queued is written before the process ends
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_HandOff(records)]
     root.setLevel(level)
     # Client libraries log every request at INFO: noise next to our own request lines.
     for noisy in ("httpx", "httpcore", "aiohttp.access"):

