@@ -143,9 +143,11 @@ def test_safetensors_weights_and_kv_from_headers_and_config(tmp_path: Path) -> N
     estimate = estimate_memory(tmp_path, spec(context_length=2048, max_batch=2))
     assert estimate.format == "safetensors"
     assert estimate.weights_mb == ceil_mb(data)
-    kv = 4 * 2 * (16 + 16) * 4 * 2048 * 2  # layers * kv heads * (k + v dims) * f32 * tokens
+    # layers * kv heads * (k + v dims) * f32 * tokens: one sequence (the dense engine
+    # serialises its requests), whatever max_batch says
+    kv = 4 * 2 * (16 + 16) * 4 * 2048
     assert estimate.kv_cache_mb == ceil_mb(kv)
-    assert (estimate.kv_tokens, estimate.kv_dtype_bytes) == (4096, 4)
+    assert (estimate.kv_tokens, estimate.kv_dtype_bytes) == (2048, 4)
 
 
 def test_safetensors_index_decides_which_files_count(tmp_path: Path) -> None:

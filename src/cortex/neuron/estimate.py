@@ -41,6 +41,7 @@ _LOGIT_BYTES = 4  # logits are f32
 _BASE_OVERHEAD = 32 * MIB
 _EMBED_CONTEXT_OVERHEAD = 8 * MIB  # a second context's graph and scheduler state
 _TORCH_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+DENSE_SEQUENCES = 1  # the dense engine serialises its requests
 
 Format = Literal["gguf", "safetensors"]
 
@@ -177,12 +178,20 @@ def _estimate_safetensors(path: Path, spec: ModelSpec) -> MemoryEstimate:
     dtype = config.get("torch_dtype") or config.get("dtype")
     # No dtype written: transformers' historical default is float32, the safe side.
     kv_bytes = _TORCH_DTYPE_BYTES.get(str(dtype), 4) if dtype else 4
-    # The dense engine's batching is not decided yet: assume a full context per sequence,
-    # as the GGUF engine does, and one row of f32 logits per sequence.
-    overhead = _BASE_OVERHEAD + shape.n_vocab * _LOGIT_BYTES * spec.max_batch
+    # The dense engine (engines/dense.py) runs one sequence at a time: one full context
+    # of KV and one row of f32 logits, whatever max_batch says.
+    overhead = _BASE_OVERHEAD + shape.n_vocab * _LOGIT_BYTES
     weights = safetensors_bytes(files)
     return _assemble(
-        "safetensors", spec, weights, shape, spec.context_length, kv_bytes, overhead, 0
+        "safetensors",
+        spec,
+        weights,
+        shape,
+        spec.context_length,
+        kv_bytes,
+        overhead,
+        0,
+        sequences=DENSE_SEQUENCES,
     )
 
 
@@ -247,8 +256,9 @@ def _assemble(
     kv_dtype_bytes: int,
     overhead_bytes: int,
     embedding_bytes: int,
+    sequences: int | None = None,
 ) -> MemoryEstimate:
-    kv_tokens = per_sequence * spec.max_batch
+    kv_tokens = per_sequence * (sequences or spec.max_batch)
     heads = sum(shape.kv_heads)
     kv_bytes = _kv_bytes(shape, kv_tokens, kv_dtype_bytes)
     # Each part rounds up, and the total is their sum: an estimate never under-reports.

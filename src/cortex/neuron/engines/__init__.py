@@ -14,12 +14,34 @@ def _llamacpp() -> EngineFactory:
     return LlamaCppEngine
 
 
+def _dense() -> EngineFactory:
+    try:
+        from cortex.neuron.engines.dense import create_dense_engine
+    except ImportError as exc:
+        raise InvalidRequest(
+            f"dense safetensors checkpoints need torch and transformers on this node ({exc})"
+        ) from None
+    return create_dense_engine
+
+
 # Registry: format name -> loader of the engine class. Imports stay lazy so a node
 # without torch (say) still serves GGUF models.
-ENGINES = {"gguf": _llamacpp}
+ENGINES = {"gguf": _llamacpp, "safetensors": _dense}
+
+
+def is_dense_checkpoint(path: Path) -> bool:
+    """A directory holding ``config.json`` and ``*.safetensors`` weights, or one such file."""
+    if path.suffix == ".safetensors":
+        path = path.parent
+    return path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
 def engine_for(path: Path) -> EngineFactory:
     if path.suffix == ".gguf":
         return ENGINES["gguf"]()
-    raise InvalidRequest(f"no engine serves '{path.name}' (supported: GGUF files)")
+    if is_dense_checkpoint(path):
+        return ENGINES["safetensors"]()
+    raise InvalidRequest(
+        f"no engine serves '{path.name}' (supported: GGUF files, and directories holding "
+        "config.json + *.safetensors)"
+    )
