@@ -126,6 +126,17 @@ def test_concurrent_requests_for_a_cold_model_cause_one_load(fleet) -> None:
     assert where == served[:1]
 
 
+def test_a_cold_load_is_not_counted_as_gateway_overhead(fleet) -> None:
+    gateway = fleet(profile("cold-overhead"))
+    reply = client(gateway).chat.completions.with_raw_response.create(
+        model="cold-overhead", messages=HI, max_tokens=4
+    )
+    load_s = metric(gateway, "cortex_model_load_duration_seconds_sum", model="cold-overhead")
+    assert load_s > 0
+    # the request waited for the whole load; the gateway's own share excludes it
+    assert 0 <= float(reply.headers["x-cortex-overhead-ms"]) / 1000 < load_s
+
+
 def test_a_stream_waiting_on_a_load_gets_keepalive_comments(fleet) -> None:
     gateway = fleet(profile("streamed"))
     body = {"model": "streamed", "messages": HI, "max_tokens": 4, "stream": True}

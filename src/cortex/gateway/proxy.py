@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -82,10 +83,11 @@ class Proxy:
         tried: set[str] = set()
         last_error: CortexError | None = None
         for _ in range(max(1, len(self._fleet.nodes))):
+            asked = time.perf_counter()
             node = await self._scheduler.acquire(model_id, frozenset(tried), session)
             current = record()
             if current is not None:
-                current.sending(node.name)
+                current.sending(node.name, waited_s=time.perf_counter() - asked)
             try:
                 response = await self._clients[node.name].open_stream(path, raw, headers)
             except BaseException as exc:

@@ -44,6 +44,7 @@ class RequestRecord:
     model: str = ""
     node: str = ""
     sent_upstream: float | None = None
+    waited_s: float = 0.0  # for a node: a free slot, a cold load (not the gateway's own time)
     upstream_answered: float | None = None  # headers of a stream; the whole plain answer
     status: int = 0
     prompt_tokens: int = 0
@@ -51,8 +52,9 @@ class RequestRecord:
     upstream_ttft_s: float | None = None  # the neuron's, from its arrival to its first token
     overhead_s: float | None = None  # the gateway's own time, once the response starts
 
-    def sending(self, node: str) -> None:
+    def sending(self, node: str, waited_s: float) -> None:
         self.node = node
+        self.waited_s += waited_s
         self.sent_upstream = time.perf_counter()
 
     def answered(self) -> None:
@@ -66,12 +68,14 @@ class RequestRecord:
         self.upstream_ttft_s = ttft_ms / 1000 if isinstance(ttft_ms, int | float) else None
 
     def starting_response(self, status: int) -> None:
-        """The gateway's own time so far: before the request went upstream, and from the
-        node's answer (a stream's headers, a plain answer's whole body) to now."""
+        """The gateway's own time so far: before the request went upstream, less any wait
+        for a node (queue, cold load), and from the node's answer (a stream's headers, a
+        plain answer's whole body) to now."""
         self.status = status
         if self.sent_upstream is not None and self.upstream_answered is not None:
             now = time.perf_counter()
-            self.overhead_s = (self.sent_upstream - self.started) + (now - self.upstream_answered)
+            before = self.sent_upstream - self.started - self.waited_s
+            self.overhead_s = before + (now - self.upstream_answered)
 
     def ttft_s(self) -> float | None:
         if self.upstream_ttft_s is None or self.sent_upstream is None:
