@@ -108,6 +108,18 @@ def _new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
+@dataclass(frozen=True)
+class _Series:
+    """One (model, node)'s metric children. ``labels()`` takes a lock and checks its
+    arguments on every call; looked up once, they cost a dict hit per request."""
+
+    duration: Any
+    ttft: Any
+    output_rate: Any
+    prompt_tokens: Any
+    completion_tokens: Any
+
+
 class RequestRecorder:
     """ASGI middleware: one ``RequestRecord`` per API request, written when it ends."""
 
@@ -115,6 +127,31 @@ class RequestRecorder:
         self._app = app
         self._metrics = metrics
         self._recent = recent
+        # Bounded like the metrics' own label sets: models x nodes (x dialects x statuses).
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._request_counters: dict[tuple[str, str, str, int], Any] = {}
+
+    def _series_of(self, model: str, node: str) -> _Series:
+        series = self._series.get((model, node))
+        if series is None:
+            m = self._metrics
+            series = self._series[(model, node)] = _Series(
+                *(
+                    metric.labels(model, node)
+                    for metric in (
+                        m.duration, m.ttft, m.output_rate, m.prompt_tokens, m.completion_tokens
+                    )
+                )
+            )  # fmt: skip
+        return series
+
+    def _count_request(self, model: str, node: str, dialect: str, status: int) -> None:
+        key = (model, node, dialect, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._metrics.requests.labels(model, node, dialect, str(status))
+            self._request_counters[key] = counter
+        counter.inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -152,22 +189,22 @@ class RequestRecorder:
         now = time.perf_counter()
         duration = now - done.started
         model, node = done.model or _NONE, done.node or _NONE
-        metrics = self._metrics
-        metrics.requests.labels(model, node, done.dialect, str(done.status or 499)).inc()
-        metrics.duration.labels(model, node).observe(duration)
+        self._count_request(model, node, done.dialect, done.status or 499)
+        series = self._series_of(model, node)
+        series.duration.observe(duration)
         ttft = done.ttft_s()
         rate = None
         if ttft is not None:
-            metrics.ttft.labels(model, node).observe(ttft)
+            series.ttft.observe(ttft)
             if done.completion_tokens > 1 and duration > ttft:
                 rate = (done.completion_tokens - 1) / (duration - ttft)
-                metrics.output_rate.labels(model, node).observe(rate)
+                series.output_rate.observe(rate)
         if done.prompt_tokens:
-            metrics.prompt_tokens.labels(model, node).inc(done.prompt_tokens)
+            series.prompt_tokens.inc(done.prompt_tokens)
         if done.completion_tokens:
-            metrics.completion_tokens.labels(model, node).inc(done.completion_tokens)
+            series.completion_tokens.inc(done.completion_tokens)
         if done.overhead_s is not None and done.status < 400:
-            metrics.overhead.observe(done.overhead_s)
+            self._metrics.overhead.observe(done.overhead_s)
         self._recent.add(
             RequestSample(
                 at=time.time(),
