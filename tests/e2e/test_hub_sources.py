@@ -3,6 +3,7 @@ lists, preflights, downloads and serves; rejections are structured 422s."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,8 +146,11 @@ def test_offline_serves_from_the_cache_and_logs_the_rejection_kind(
     try:
         assert offline.model("smol-cached")["state"] == "ready"
         assert offline.model("never-fetched") is None
-        log = offline.log_path.read_text()
-        assert "model=never-fetched reason=offline_not_cached" in log
+        wanted = "model=never-fetched reason=offline_not_cached"
+        deadline = time.monotonic() + 10  # written by the logging thread: wait for it
+        while wanted not in (log := offline.log_path.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert wanted in log
         assert "Traceback" not in log
     finally:
         offline.stop()

@@ -8,6 +8,7 @@ with prometheus_client's parser and must hold exactly those counts and token sum
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -116,6 +117,18 @@ def test_a_known_set_of_requests_is_counted_exactly(fleet: tuple[Gateway, Neuron
     assert total(on_node["neuron_prefix_cache_hit_tokens_total"], model=MODEL) > 0
 
 
+def logged(log: Path, request_id: str) -> list[dict]:
+    """The log lines naming ``request_id``. The line is written after the answer is
+    sent, by the logging thread: wait for it (a bounded wait, not a timing check)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        found = [entry for entry in lines if entry.get("request_id") == request_id]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 def test_one_log_line_per_request_names_it(fleet: tuple[Gateway, Neuron]) -> None:
     gateway, _ = fleet
     answer = httpx.post(
@@ -125,9 +138,7 @@ def test_one_log_line_per_request_names_it(fleet: tuple[Gateway, Neuron]) -> Non
         timeout=30,
     )
     assert answer.status_code == 200
-    lines = [json.loads(line) for line in Path(gateway.log_path).read_text().splitlines()
-             if line.startswith("{")]  # fmt: skip
-    (line,) = [entry for entry in lines if entry.get("request_id") == "req-logged"]
+    (line,) = logged(Path(gateway.log_path), "req-logged")
     assert line["logger"] == "cortex.gateway.requests"
     assert (line["model"], line["node"], line["dialect"], line["status"]) == (
         MODEL,
