@@ -3,11 +3,13 @@ and download model repositories (``HF_ENDPOINT=hub.url``).
 
     GET       /api/models/{org}/{name}[/revision/{rev}]   model info, ``siblings`` with sizes
     HEAD|GET  /{org}/{name}/resolve/{rev}/{path}          a file: ETag, X-Repo-Commit,
-                                                          Content-Length, Range for resumes
+                                                          Content-Length, Range (resumes
+                                                          and header reads)
 
 Unknown repositories and files answer 404 with the ``X-Error-Code`` the real hub
 sends; a repository with a ``token`` answers 401 without it. ``cut_after`` drops the
-connection after that many bytes of a file's first GET, so a client must resume.
+connection after that many bytes of a file's first GET to its end, so a client must
+resume.
 """
 
 from __future__ import annotations
@@ -41,13 +43,13 @@ class Repo:
     def etag(self, name: str) -> str:
         return hashlib.sha256(f"{self.sha}/{name}".encode()).hexdigest()
 
-    def read(self, name: str, start: int) -> bytes:
+    def read(self, name: str, start: int, stop: int) -> bytes:
         content = self.files[name]
         if isinstance(content, Path):
             with content.open("rb") as file:
                 file.seek(start)
-                return file.read()
-        return content[start:]
+                return file.read(stop - start)
+        return content[start:stop]
 
 
 @dataclass
@@ -142,27 +144,28 @@ class HubServer:
             headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo.sha}
             return _send(http, 404, {"error": "Entry not found"}, headers)
         size = repo.size(name)
-        start = 0
-        wanted = re.fullmatch(r"bytes=(\d+)-", http.headers.get("Range", ""))
-        if wanted:
+        start, stop = 0, size
+        wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", http.headers.get("Range", ""))
+        if wanted:  # "start-" (a resume) or "start-last" (a header read)
             start = int(wanted[1])
+            stop = min(size, int(wanted[2]) + 1) if wanted[2] else size
         headers = {
             "ETag": f'"{repo.etag(name)}"',
             "X-Repo-Commit": repo.sha,
             "Accept-Ranges": "bytes",
-            "Content-Length": str(size - start),
+            "Content-Length": str(stop - start),
         }
         if wanted:
-            headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
         http.send_response(206 if wanted else 200)
         for key, value in headers.items():
             http.send_header(key, value)
         http.end_headers()
         if head:
             return
-        content = repo.read(name, start)
+        content = repo.read(name, start, stop)
         key = f"{repo_id}/{name}"
-        if self.cut_after is not None and key not in self._cut:
+        if self.cut_after is not None and key not in self._cut and stop == size:
             self._cut.add(key)
             http.wfile.write(content[: self.cut_after])
             http.wfile.flush()

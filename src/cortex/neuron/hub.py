@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import httpx2
-from huggingface_hub import HfApi, constants, hf_hub_download
+from huggingface_hub import HfApi, constants, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -29,8 +31,10 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
-from cortex.errors import PreflightRejected, UpstreamError
+from cortex.errors import InvalidRequest, PreflightRejected, UpstreamError
+from cortex.neuron.headers import parse_gguf_prefix
 
 log = logging.getLogger("cortex.neuron.hub")
 
@@ -82,6 +86,77 @@ def download(
     if root is None:
         raise ValueError("download() needs at least one file")
     return root
+
+
+# Where a GGUF's metadata and tensor table end is only known by reading them: fetch this
+# much first, then twice as much until it parses (a 150k-token vocabulary is ~3 MiB).
+_GGUF_FIRST_FETCH = 4 << 20
+_SAFETENSORS_HEADER_MAX = 100 << 20  # the format's own bound on a header
+
+
+def fetch_headers(repo: RepoFiles, files: tuple[str, ...], *, model_id: str, into: Path) -> Path:
+    """A stand-in for ``files`` under ``into`` that memory estimates read like the real
+    thing, with no weights downloaded: each ``.gguf`` and ``.safetensors`` file holds only
+    its header, fetched with HTTP range requests, in a sparse file of its full size; the
+    other files (config, tokenizer, index) are small and fetched whole through the cache.
+    Returns ``into``. From the snapshot instead when the listing came from the cache."""
+    if repo.snapshot is not None:
+        return repo.snapshot
+    sizes = dict(repo.files)
+    with _translated(repo.repo_id, model_id), httpx2.Client(
+        headers=build_hf_headers(), follow_redirects=True, timeout=60
+    ) as client:  # fmt: skip
+        for name in files:
+            target = into / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            url = hf_hub_url(repo.repo_id, name, revision=repo.commit or "main")
+            if name.endswith(".gguf"):
+                header = _gguf_header(client, url, sizes[name], name)
+            elif name.endswith(".safetensors"):
+                header = _safetensors_header(client, url, sizes[name], name)
+            else:
+                local = hf_hub_download(repo.repo_id, name, revision=repo.commit or "main")
+                shutil.copyfile(local, target)
+                continue
+            with target.open("wb") as file:
+                file.write(header)
+                file.truncate(sizes[name])  # a hole: no disk used, the size a reader expects
+    return into
+
+
+def _gguf_header(client: httpx2.Client, url: str, size: int, name: str) -> bytes:
+    want = min(size, _GGUF_FIRST_FETCH)
+    while True:
+        data = _byte_range(client, url, 0, want)
+        if parse_gguf_prefix(data, name) is not None:
+            return data
+        if want >= size:
+            raise InvalidRequest(f"{name} is not a readable GGUF file: its header is truncated")
+        want = min(size, want * 2)
+
+
+def _safetensors_header(client: httpx2.Client, url: str, size: int, name: str) -> bytes:
+    first = _byte_range(client, url, 0, min(size, 8))
+    (length,) = struct.unpack("<Q", first) if len(first) == 8 else (None,)
+    if length is None or length > min(size - 8, _SAFETENSORS_HEADER_MAX):
+        raise InvalidRequest(f"{name} is not a readable safetensors file")
+    return first + _byte_range(client, url, 8, 8 + length)
+
+
+def _byte_range(client: httpx2.Client, url: str, start: int, stop: int) -> bytes:
+    """Bytes ``start`` to ``stop`` (exclusive) of a remote file; never more is read, even
+    from a server that ignores the range and sends the whole file."""
+    with client.stream("GET", url, headers={"Range": f"bytes={start}-{stop - 1}"}) as response:
+        if response.status_code >= 400:
+            response.read()
+            hf_raise_for_status(response)
+        skip = start if response.status_code == 200 else 0
+        data = bytearray()
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= skip + stop - start:
+                break
+    return bytes(data[skip : skip + stop - start])
 
 
 # -- the local cache ---------------------------------------------------------------------

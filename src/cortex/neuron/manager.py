@@ -44,7 +44,7 @@ from cortex.neuron.engines.base import (
 )
 from cortex.neuron.estimate import MemoryEstimate, estimate_memory
 from cortex.neuron.metrics import NeuronMetrics
-from cortex.neuron.sources import prepare_source
+from cortex.neuron.sources import headers_of, prepare_source
 from cortex.neuron.worker import FAULT_KINDS, DeviceWorker
 from cortex.spec import ModelSpec
 
@@ -214,10 +214,7 @@ class ModelManager:
 
     async def estimate(self, spec: ModelSpec) -> MemoryEstimate:
         """What loading ``spec`` would take, from its files' headers; nothing is loaded."""
-        # The spec's own checks only: how many devices and how much memory are placement's.
-        path = await asyncio.to_thread(prepare_source, spec, devices_available=None, free_mb=None)
-        engine_for(path)  # the same refusal a load would give for an unservable file
-        return await asyncio.to_thread(estimate_memory, path, spec)
+        return await asyncio.to_thread(_estimate_from_headers, spec)
 
     async def unload(self, model_id: str) -> None:
         async with self._lock:
@@ -451,3 +448,11 @@ async def _sanity_check(engine: Engine, worker: DeviceWorker, timeout_s: float) 
         request.cancelled = True
     if finished.reason not in ("stop", "length"):
         raise EngineFault(f"the reloaded model failed its check: {finished.error}")
+
+
+def _estimate_from_headers(spec: ModelSpec) -> MemoryEstimate:
+    """Blocking: the estimate of ``spec`` read from its files' headers (an ``hf:`` source's
+    weights are not downloaded for it)."""
+    with headers_of(spec) as path:
+        engine_for(path)  # the same refusal a load would give for an unservable file
+        return estimate_memory(path, spec)

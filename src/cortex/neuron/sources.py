@@ -11,6 +11,9 @@ import importlib.util
 import logging
 import os
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -114,6 +117,23 @@ def prepare_source(spec: ModelSpec, *, devices_available: int | None, free_mb: i
             return path
         root = path
     return root / chosen.entry if chosen.entry else root
+
+
+@contextmanager
+def headers_of(spec: ModelSpec) -> Iterator[Path]:
+    """The path to read the spec's memory estimate from, weights never downloaded: a
+    local source as ``prepare_source`` gives it; an ``hf:`` one as a temporary stand-in
+    holding only the files' headers (``hub.fetch_headers``), gone on exit. The spec's own
+    preflight applies; the device checks are placement's. Blocking: run in a thread."""
+    source = parse_source(spec.source)
+    if source.scheme != "hf":
+        yield prepare_source(spec, devices_available=None, free_mb=None)
+        return
+    repo = hub.list_files(source.location, model_id=spec.id)
+    chosen = _plan(spec, repo.files, None, None)
+    with tempfile.TemporaryDirectory(prefix="cortex-headers-") as scratch:
+        root = hub.fetch_headers(repo, chosen.files, model_id=spec.id, into=Path(scratch))
+        yield root / chosen.entry if chosen.entry else root
 
 
 def resolve_local(source: Source, quant: str | None = None) -> Path:
