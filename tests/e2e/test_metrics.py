@@ -34,6 +34,18 @@ def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return samples
 
 
+def scrape_when(url: str, name: str, count: float) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """A scrape once ``name`` totals ``count``: a request is counted when its response
+    has ended, a moment after the client has the answer (a bounded wait, not a timing
+    check); the last scrape when it never does, for the assertions to report."""
+    deadline = time.monotonic() + 10
+    while True:
+        samples = scrape(url)
+        if total(samples[name]) >= count or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.05)
+
+
 def total(samples: list[tuple[dict[str, str], float]], **labels: str) -> float:
     return sum(v for l, v in samples if all(l.get(k) == x for k, x in labels.items()))  # noqa: E741
 
@@ -88,7 +100,9 @@ def test_a_known_set_of_requests_is_counted_exactly(fleet: tuple[Gateway, Neuron
     with pytest.raises(openai.NotFoundError):
         oai.chat.completions.create(model="no-such-model", messages=QUESTION)
 
-    metrics = scrape(f"http://127.0.0.1:{gateway.metrics_port}/metrics")
+    metrics = scrape_when(
+        f"http://127.0.0.1:{gateway.metrics_port}/metrics", "cortex_requests_total", 5
+    )
     requests = metrics["cortex_requests_total"]
     assert total(requests, dialect="openai", status="200", model=MODEL, node="m1") == 2
     assert total(requests, dialect="anthropic", status="200", model=MODEL, node="m1") == 2
@@ -106,7 +120,7 @@ def test_a_known_set_of_requests_is_counted_exactly(fleet: tuple[Gateway, Neuron
     assert total(metrics["cortex_gateway_overhead_seconds_count"]) == 4
     assert total(metrics["cortex_node_up"], node="m1") == 1
 
-    on_node = scrape(node.url + "/metrics")
+    on_node = scrape_when(node.url + "/metrics", "neuron_requests_total", 4)
     assert total(on_node["neuron_requests_total"], model=MODEL) == 4
     assert total(on_node["neuron_generated_tokens_total"], model=MODEL) == completion_tokens
     assert total(on_node["neuron_time_to_first_token_seconds_count"], model=MODEL) == 4
@@ -130,7 +144,7 @@ def logged(log: Path, request_id: str) -> list[dict]:
 
 
 def test_one_log_line_per_request_names_it(fleet: tuple[Gateway, Neuron]) -> None:
-    gateway, _ = fleet
+    gateway, node = fleet
     answer = httpx.post(
         gateway.url + "/v1/chat/completions",
         json={"model": MODEL, "messages": QUESTION, "max_tokens": 4},
@@ -148,5 +162,13 @@ def test_one_log_line_per_request_names_it(fleet: tuple[Gateway, Neuron]) -> Non
     )
     assert line["completion_tokens"] == answer.json()["usage"]["completion_tokens"]
     assert line["ttft_ms"] > 0 and line["latency_ms"] >= line["ttft_ms"]
+    # the id went on to the neuron, whose own line names it
+    (on_node,) = logged(Path(node.log_path), "req-logged")
+    assert on_node["logger"] == "cortex.neuron.requests"
+    finish = answer.json()["choices"][0]["finish_reason"]
+    assert (on_node["model"], on_node["finish"]) == (MODEL, finish)
+    assert on_node["completion_tokens"] == line["completion_tokens"]
+    assert on_node["prompt_tokens"] == line["prompt_tokens"]
+    assert 0 < on_node["ttft_ms"] <= line["ttft_ms"]
     generated = httpx.get(gateway.url + "/fleet").json()
     assert generated["requests_last_min"] >= 1

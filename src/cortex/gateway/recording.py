@@ -15,9 +15,7 @@ streams their latency.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -28,10 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cortex.error_handlers import ANTHROPIC_PATH
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.stats import RecentRequests, RequestSample
+from cortex.request_ids import REQUEST_ID_HEADER, request_id_of
 
 log = logging.getLogger("cortex.gateway.requests")
 
-REQUEST_ID_HEADER = "x-request-id"
 OVERHEAD_HEADER = "x-cortex-overhead-ms"
 _NONE = "-"  # label value before a model or node is known (unknown model, bad request)
 
@@ -97,17 +95,6 @@ def forwarded_headers() -> dict[str, str]:
     return {REQUEST_ID_HEADER: current.request_id} if current else {}
 
 
-# Request ids: a random per-process prefix and a counter, 32 hex digits like a UUID's.
-# Unique across gateways all the same, and no urandom syscall per request (measured:
-# uuid4 was ~9% of the gateway's own time per request).
-_ID_PREFIX = secrets.token_hex(8)
-_id_counter = itertools.count(1)
-
-
-def _new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_id_counter):016x}"
-
-
 @dataclass(frozen=True)
 class _Series:
     """One (model, node)'s metric children. ``labels()`` takes a lock and checks its
@@ -158,9 +145,9 @@ class RequestRecorder:
         if scope["type"] != "http" or scope.get("method") != "POST" or path[:4] != "/v1/":
             await self._app(scope, receive, send)
             return
-        request_id = _header(scope, b"x-request-id") or _new_request_id()
+        request_id = request_id_of(scope)
         current = RequestRecord(
-            request_id=request_id[:128],
+            request_id=request_id,
             dialect="anthropic" if path.startswith(ANTHROPIC_PATH) else "openai",
         )
         token = current_record.set(current)
@@ -244,10 +231,3 @@ class RequestRecorder:
             fields["latency_ms"],
             extra={"fields": fields},
         )
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return value.decode("latin-1")
-    return None

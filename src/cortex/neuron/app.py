@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from cortex.error_handlers import error_handlers
 from cortex.errors import CortexError
@@ -15,6 +16,7 @@ from cortex.neuron.manager import ModelManager
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.routes import DEBUG_ROUTES, ROUTES
 from cortex.neuron.settings import NeuronSettings
+from cortex.request_ids import RequestIds
 
 log = logging.getLogger("cortex.neuron")
 
@@ -55,4 +57,9 @@ def create_app(settings: NeuronSettings) -> Starlette:
             await manager.close()
 
     routes = ROUTES + (DEBUG_ROUTES if settings.enable_fault_injection else [])
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=error_handlers(log))
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers=error_handlers(log),
+        middleware=[Middleware(RequestIds)],
+    )

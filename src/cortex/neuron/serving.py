@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from cortex.neuron.toolcalls import ParsedToolCall, ToolCallStreamParser, parse_
 from cortex.protocol import openai as oa
 from cortex.protocol.errors import openai_error_body
 from cortex.protocol.sse import DONE, data_frame, report_frame
+from cortex.request_ids import current_request_id
+
+request_log = logging.getLogger("cortex.neuron.requests")
 
 # Engine finish reasons that end a response normally, as OpenAI names them.
 FINISH_REASONS = {"stop": "stop", "length": "length"}
@@ -225,16 +229,37 @@ async def generate(model: LoadedModel, prepared: Prepared) -> AsyncIterator[Text
 
 
 def _record(model: LoadedModel, prepared: Prepared) -> None:
-    metrics = model.metrics
-    if metrics is None:
-        return
+    """Metrics and one log line for a generation that has ended (the id is the gateway's)."""
     done = prepared.finished
-    metrics.requests.labels(model.id, done.reason if done else "cancelled").inc()
-    if prepared.first_token_at is not None:
-        metrics.ttft.labels(model.id).observe(prepared.first_token_at - prepared.arrived)
-    if done is not None:
-        metrics.generated_tokens.labels(model.id).inc(done.completion_tokens)
-        metrics.prefix_cache_hits.labels(model.id).inc(done.cached_tokens)
+    finish = done.reason if done else "cancelled"
+    metrics = model.metrics
+    if metrics is not None:
+        metrics.requests.labels(model.id, finish).inc()
+        if prepared.first_token_at is not None:
+            metrics.ttft.labels(model.id).observe(prepared.first_token_at - prepared.arrived)
+        if done is not None:
+            metrics.generated_tokens.labels(model.id).inc(done.completion_tokens)
+            metrics.prefix_cache_hits.labels(model.id).inc(done.cached_tokens)
+    report = prepared.report()
+    fields = {
+        "request_id": current_request_id.get(),
+        "model": model.id,
+        "finish": finish,
+        **report,
+        "latency_ms": round((time.perf_counter() - prepared.arrived) * 1000, 1),
+    }
+    request_log.info(
+        "request %s model=%s finish=%s tokens=%d+%d cached=%d ttft_ms=%s latency_ms=%.1f",
+        fields["request_id"],
+        model.id,
+        finish,
+        report["prompt_tokens"],
+        report["completion_tokens"],
+        report["cached_tokens"],
+        report["ttft_ms"],
+        fields["latency_ms"],
+        extra={"fields": fields},
+    )
 
 
 def finish_error(event: Finished, model_id: str) -> CortexError:
