@@ -40,6 +40,17 @@ class _HandOff(logging.handlers.QueueHandler):
 _listener: logging.handlers.QueueListener | None = None
 
 
+def _stop_listener() -> None:
+    """Write what is queued and stop the writer thread (at exit, or before a new one)."""
+    global _listener  # QueueListener.stop fails when called twice: forget it once stopped
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+atexit.register(_stop_listener)
+
+
 def setup_logging(fmt: LogFormat = "auto", level: int = logging.INFO) -> None:
     global _listener  # one writer thread per process, replaced on a second call
     handler = logging.StreamHandler(sys.stderr)
@@ -52,12 +63,10 @@ def setup_logging(fmt: LogFormat = "auto", level: int = logging.INFO) -> None:
         )
         formatter.converter = time.localtime
         handler.setFormatter(formatter)
-    if _listener is not None:
-        _listener.stop()
+    _stop_listener()
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     _listener = logging.handlers.QueueListener(records, handler)
     _listener.start()
-    atexit.register(_listener.stop)  # what is queued is written before the process ends
     # No line we write names its caller, thread or process: don't collect them for every
     # record (the logging HOWTO's "Optimization" section); that was half the cost of the
     # gateway's line per request.
