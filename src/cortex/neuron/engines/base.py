@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from cortex.errors import CortexError
+from cortex.neuron.textstream import TextAssembler
 from cortex.spec import ModelSpec
 
 
@@ -76,6 +77,29 @@ class GenerationRequest:
     # Set from the event loop when the client goes away; the worker checks it
     # before every decode step, so a cancelled sequence frees its slot within one step.
     cancelled: bool = field(default=False)
+
+
+def emit_generated(
+    request: GenerationRequest,
+    text: TextAssembler,
+    piece: bytes,
+    *,
+    generated: int,
+    n_past: int,
+    context_length: int,
+) -> FinishReason | None:
+    """One generated token's bytes (``generated`` counts it) through the stop-string
+    matcher: what text is settled goes to the client. Then whether the sequence ends
+    here: ``stop`` (a stop string matched), ``length`` (its budget or the context is
+    full), or None. The one rule every engine applies after a token that is not EOS."""
+    settled = text.feed(piece)
+    if settled:
+        request.sink.put(TextChunk(settled))
+    if text.stop.matched is not None:
+        return "stop"
+    if generated >= request.max_new_tokens or n_past >= context_length:
+        return "length"
+    return None
 
 
 @dataclass

@@ -39,6 +39,7 @@ from cortex.neuron.engines.base import (
     Finished,
     GenerationRequest,
     TextChunk,
+    emit_generated,
 )
 from cortex.neuron.engines.hf_text import HFTokenizer, IncrementalText
 from cortex.neuron.engines.rank_model import LoadParams, RankModel, pick_dtype
@@ -234,15 +235,18 @@ class DenseEngine:
             self._finish(seq, "stop")
             return
         seq.generated.append(token)
-        text = seq.text.feed(seq.stream.feed(token).encode())
-        if text:
-            request.sink.put(TextChunk(text))
-        if seq.text.stop.matched is not None:
-            self._finish(seq, "stop")
-        elif len(seq.generated) >= request.max_new_tokens or seq.n_past >= self.info.context_length:
-            self._finish(seq, "length")
-        else:
+        end = emit_generated(
+            request,
+            seq.text,
+            seq.stream.feed(token).encode(),
+            generated=len(seq.generated),
+            n_past=seq.n_past,
+            context_length=self.info.context_length,
+        )
+        if end is None:
             seq.pending = token
+        else:
+            self._finish(seq, end)
 
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         if reason in ("stop", "length"):

@@ -34,6 +34,7 @@ from cortex.neuron.engines.base import (
     Finished,
     GenerationRequest,
     TextChunk,
+    emit_generated,
 )
 from cortex.neuron.engines.llamacpp_embed import EmbeddingContext, pooling_of
 from cortex.neuron.estimate import LLAMACPP_UBATCH_TOKENS
@@ -342,15 +343,18 @@ class LlamaCppEngine:
             self._finish(seq, "stop")
             return
         seq.generated.append(token)
-        text = seq.text.feed(self._token_bytes(token))
-        if text:
-            request.sink.put(TextChunk(text))
-        if seq.text.stop.matched is not None:
-            self._finish(seq, "stop")
-        elif len(seq.generated) >= request.max_new_tokens or seq.n_past >= self._context_length:
-            self._finish(seq, "length")
-        else:
+        end = emit_generated(
+            request,
+            seq.text,
+            self._token_bytes(token),
+            generated=len(seq.generated),
+            n_past=seq.n_past,
+            context_length=self._context_length,
+        )
+        if end is None:
             seq.pending_token = token
+        else:
+            self._finish(seq, end)
 
     def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         tail = seq.text.finish()
