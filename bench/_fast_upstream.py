@@ -66,10 +66,12 @@ STREAM_FRAMES: list[bytes] = [
 
 def status_body() -> dict[str, Any]:
     """``GET /status`` as a neuron answers it (``LoadedModel.status()`` per model)."""
+    from cortex.protocol.neuron import CONTRACT_VERSION
     from cortex.spec import ModelSpec  # the real spec, so ``spec`` has every field
 
     spec = ModelSpec(id=MODEL_ID, source=MODEL_SOURCE)
     return {
+        "contract": CONTRACT_VERSION,
         "node": NODE_NAME,
         "devices": [
             {

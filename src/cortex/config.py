@@ -62,6 +62,9 @@ class GatewaySection(BaseModel):
     request_body_limit_mb: int = Field(default=32, ge=1)
     # a stream waiting on a cold load gets an SSE comment this often
     stream_keepalive_s: float = Field(default=5, gt=0)
+    # a stream from a node that sends nothing for this long is ended with an error event
+    # (a frozen node would otherwise hold its clients forever)
+    upstream_idle_timeout_s: float = Field(default=300, gt=0)
 
     @field_validator("listen", "metrics_listen")
     @classmethod

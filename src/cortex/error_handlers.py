@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from cortex.errors import CortexError
+from cortex.errors import CortexError, RequestTooLarge
 from cortex.protocol.errors import (
     anthropic_error_body,
     anthropic_status,
@@ -38,10 +38,11 @@ def error_status(request: Request, error: CortexError) -> int:
 def error_handlers(log: logging.Logger) -> dict[Any, Handler]:
     async def known(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, CortexError)
+        headers = error_headers(exc)
+        if isinstance(exc, RequestTooLarge):
+            headers["Connection"] = "close"  # the rest of the body is never read: drop it
         return JSONResponse(
-            error_body(request, exc),
-            status_code=error_status(request, exc),
-            headers=error_headers(exc),
+            error_body(request, exc), status_code=error_status(request, exc), headers=headers
         )
 
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -1,7 +1,9 @@
 """The one exception tree of cortex.
 
-Every failure a client can see is a ``CortexError``; the table of status
-codes and dialect error types lives here and nowhere else.
+Every failure a client can see is a ``CortexError``. Each class below carries its
+HTTP status and its ``kind``; ``protocol/errors.py`` turns a kind into each dialect's
+error envelope (OpenAI's and Anthropic's ``type``, Anthropic's 529 when overloaded),
+which ``error_handlers.py`` answers with (and a stream ends with, in band).
 
     CortexError                    500 internal
     ├── InvalidRequest             400 bad JSON, missing or wrong fields

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +29,10 @@ class ModelSpec(BaseModel):
     nodes: list[str] = Field(default_factory=list)
     aliases: list[str] = Field(default_factory=list)
     memory_mb: int | None = Field(default=None, ge=1)
+    # llama.cpp's optional CPU weight layouts (AMX, repacked quants): fast where they
+    # work, a crash on some CPUs. "auto" tries them and falls back when the load's
+    # canary crashes; true or false forces the choice.
+    extra_buffer_types: bool | Literal["auto"] = "auto"
 
     @field_validator("id")
     @classmethod

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import required
 from procs import BUNDLED, MODEL, Gateway, Neuron, gateway_config
 
 pytestmark = pytest.mark.slow
@@ -75,11 +76,13 @@ aliases = ["claude-haiku-*", "claude-sonnet-*", "claude-opus-*"]
 def claude_code() -> Path:
     if not CLAUDE.exists():
         if shutil.which("npm") is None or shutil.which("node") is None:
-            pytest.skip("Claude Code cannot be installed here: node and npm are not on PATH")
-        pytest.skip("Claude Code is not installed: run scripts/claude-code.sh (scripts/test does)")
+            required.missing("Claude Code cannot be installed here: node and npm are not on PATH")
+        required.missing(
+            "Claude Code is not installed: run scripts/claude-code.sh (scripts/test does)"
+        )
     version = subprocess.run([str(CLAUDE), "--version"], capture_output=True, text=True)
     if version.returncode != 0:
-        pytest.skip(f"{CLAUDE} does not run: {version.stderr.strip()[-300:]}")
+        required.missing(f"{CLAUDE} does not run: {version.stderr.strip()[-300:]}")
     return CLAUDE
 
 

@@ -16,7 +16,8 @@ import httpx
 import openai
 import pytest
 
-from procs import BUNDLED, MODEL, Gateway, Neuron, free_port
+import required
+from procs import BUNDLED, MODEL, Gateway, Neuron, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +59,8 @@ MODELS = f'[[models]]\nid = "{MODEL}"\nsource = "{BUNDLED}"\npinned = true\n'
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: scripts/debian-tools.sh installs it")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+        required.missing(f"{CHROMIUM} is missing: scripts/debian-tools.sh installs it")
+    sync_api = required.module("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -107,14 +108,16 @@ def test_dashboard_shows_the_fleet(fleet: Gateway, page: Any, tmp_path: Path) ->
     assert page.locator("#connection").get_attribute("data-state") == "live"
     assert page.locator("figure.chart").count() == 3
 
-    # The charts show what /fleet/stats has, and say so when it has nothing yet.
-    stats = httpx.get(fleet.url + "/fleet/stats?span_s=600&step_s=10", timeout=5).json()
-    if stats["models"]:
-        page.locator(f'figure[data-chart="requests"] path[data-model="{MODEL}"]').wait_for()
-        assert page.locator(f'#legend li[data-model="{MODEL}"]').count() == 1
-    else:
-        assert page.locator("figure.chart .nodata").count() == 3
-        assert "no requests yet" in page.locator('figure[data-chart="requests"]').inner_text()
+    # The charts show what /fleet/stats has: the three requests above (a request is
+    # recorded as its response ends, a moment after the client has it: wait for that).
+    def stats() -> dict:
+        return httpx.get(fleet.url + "/fleet/stats?span_s=600&step_s=10", timeout=5).json()
+
+    wait_for(lambda: bool(stats()["models"]), "the requests in /fleet/stats")
+    assert MODEL in stats()["models"]
+    page.locator(f'figure[data-chart="requests"] path[data-model="{MODEL}"]').wait_for()
+    assert page.locator(f'#legend li[data-model="{MODEL}"]').count() == 1
+    assert page.locator("figure.chart .nodata").count() == 0
 
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -137,6 +140,10 @@ def test_dashboard_asks_for_the_api_key(neuron: Neuron, page: Any, tmp_path: Pat
         page.locator('.node[data-node="n1"] .node-status').wait_for()
         assert page.locator('.node[data-node="n1"] .node-status').inner_text() == "up"
         assert page.locator("#notice").is_hidden()
+        # a gateway that has served nothing yet: every chart says so
+        page.locator('figure[data-chart="requests"] .nodata').wait_for()
+        assert page.locator("figure.chart .nodata").count() == 3
+        assert "no requests yet" in page.locator('figure[data-chart="requests"]').inner_text()
         # the key stays in the browser: a reload needs no typing
         page.reload()
         page.locator(f'tr.model[data-model="{MODEL}"]').wait_for()

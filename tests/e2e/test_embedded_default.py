@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import httpx
 import openai
 import pytest
 
-from procs import MODEL, Gateway, alive, children_of
+from procs import MODEL, Gateway, alive, children_of, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +36,11 @@ def test_embedded_default_answers_and_stops_cleanly(tmp_path, stop_signal) -> No
         assert children, "the local neuron runs as a child of the gateway"
     finally:
         gateway.signal(stop_signal)
-        code = gateway.proc.wait(20)
+        code = gateway.proc.wait(60)
     assert code == 0, gateway.log_tail()
-    deadline = time.monotonic() + 5
-    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in children), "no process is left behind"
+    # the neuron may outlive the gateway's exit by a moment: wait for it (a bound, not a
+    # timing check), and then none is left behind
+    wait_for(lambda: not any(alive(pid) for pid in children), "the local neuron to exit")
 
 
 def test_killed_gateway_takes_its_neuron_along(tmp_path) -> None:
@@ -50,7 +48,4 @@ def test_killed_gateway_takes_its_neuron_along(tmp_path) -> None:
     children = children_of(gateway.pid)
     assert children
     gateway.kill()
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in children)
+    wait_for(lambda: not any(alive(pid) for pid in children), "the orphaned neuron to exit")

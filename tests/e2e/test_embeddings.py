@@ -10,7 +10,7 @@ import numpy as np
 import openai
 import pytest
 
-from cortex.neuron.sources import parse_source, resolve_local
+from cortex.neuron.files.sources import parse_source, resolve_local
 from procs import BUNDLED, MODEL, Gateway, Neuron
 
 pytestmark = pytest.mark.slow

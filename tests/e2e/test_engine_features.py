@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from procs import BUNDLED, Neuron
+from procs import BUNDLED, UNENDING, Neuron
 
 pytestmark = pytest.mark.slow
 
@@ -70,18 +70,7 @@ def test_full_queue_answers_429_with_retry_after(node: Neuron) -> None:
         "messages": [{"role": "user", "content": "Write a long story."}],
         "max_tokens": 450,
         "stream": True,
-        # a grammar that forbids stopping early keeps both held requests busy
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {
-                "name": "story",
-                "schema": {
-                    "type": "object",
-                    "properties": {"story": {"type": "string", "minLength": 5000}},
-                    "required": ["story"],
-                },
-            },
-        },
+        **UNENDING,  # a grammar that forbids stopping early keeps both held requests busy
     }
     started = threading.Barrier(3)
     release = threading.Event()

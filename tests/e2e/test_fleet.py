@@ -7,6 +7,7 @@ small context sets each neuron's budget to hold three such models and no more.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +18,11 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cortex.neuron.estimate import estimate_memory
-from cortex.neuron.sources import parse_source, resolve_local
+from cortex.neuron.files.estimate import estimate_memory
+from cortex.neuron.files.sources import parse_source, resolve_local
 from cortex.spec import ModelSpec
-from procs import BUNDLED, Gateway, Neuron
+from procs import BUNDLED, UNENDING, Gateway, Neuron, first_token, wait_for
+from procs import metric as procs_metric
 
 pytestmark = pytest.mark.slow
 
@@ -70,12 +72,17 @@ def fleet(neurons: dict, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
             httpx.post(neuron.url + "/models/unload", json={"id": model["id"]}, timeout=30)
     started: list[Gateway] = []
 
-    def start(models: str, eviction: str = "", wait_for: set[str] | None = None) -> Gateway:
+    def start(
+        models: str,
+        eviction: str = "",
+        wait_for: set[str] | None = None,
+        poll_interval_s: float = 0.5,
+    ) -> Gateway:
         entries = "".join(
             f'[[neurons]]\nname = "{name}"\nendpoint = "{n.url}"\n\n' for name, n in neurons.items()
         )
         config = (
-            "[gateway]\npoll_interval_s = 0.5\nstream_keepalive_s = 0.05\n\n"
+            f"[gateway]\npoll_interval_s = {poll_interval_s}\nstream_keepalive_s = 0.05\n\n"
             f"[eviction]\n{eviction}\n\n{entries}"
         )
         gateway = Gateway(tmp_path, config, models, wait_for)
@@ -293,3 +300,109 @@ def test_defrag_moves_idle_models_so_one_node_is_free_in_one_piece(fleet) -> Non
     assert "a" in after["n2"] | after["n3"] and "b" in after["n2"]
     assert ask(gateway, "a") != "n1"
     assert metric(gateway, "cortex_model_evictions_total", model="a", reason="defrag") == 1
+
+
+def model_view(gateway: Gateway, node: str, model: str) -> dict | None:
+    fleet = httpx.get(gateway.url + "/fleet", timeout=5).json()
+    (entry,) = [n for n in fleet["nodes"] if n["name"] == node]
+    return next((m for m in entry["models"] if m["id"] == model), None)
+
+
+def test_defrag_runs_by_itself_every_defrag_after_cycles(fleet) -> None:
+    models = (
+        "".join(profile(name, nodes=["n1"]) for name in ("x1", "x2", "x3", "x4"))
+        + profile("a")
+        + profile("p1", pinned=True, nodes=["n3"])
+        + profile("p2", pinned=True, nodes=["n3"])
+    )
+    gateway = fleet(models, "defrag_after_cycles = 2", wait_for={"p1", "p2"})
+    loaded = httpx.post(gateway.url + "/fleet/load", json={"model": "a", "node": "n2"}, timeout=60)
+    assert loaded.status_code == 200, loaded.text
+    for name in ("x1", "x2", "x3"):  # n1 full; only n2's "a" could move (x* stay on n1)
+        assert ask(gateway, name) == "n1"
+
+    def cycles() -> int:
+        return httpx.get(gateway.url + "/fleet", timeout=5).json()["eviction"]["cycles"]
+
+    assert cycles() == 0
+    assert ask(gateway, "x4") == "n1"  # evicts x1: the first eviction cycle
+    assert cycles() == 1
+    assert placements(gateway)["n2"] == {"a"}  # one cycle of two: no defrag yet
+    assert ask(gateway, "x1") == "n1"  # evicts x2: the second cycle, and a defrag
+    assert cycles() == 2
+    # the defrag runs in the background: its move ends with the unload it counts
+    wait_for(
+        lambda: metric(gateway, "cortex_model_evictions_total", model="a", reason="defrag") == 1,
+        "the defrag to move a",
+    )
+    assert placements(gateway) == {"n1": {"x3", "x4", "x1"}, "n2": set(), "n3": {"p1", "p2", "a"}}
+    assert metric(gateway, "cortex_model_evictions_total", reason="capacity") == 2
+
+
+def test_requests_past_max_queue_waiting_on_a_cold_load_are_refused(fleet, neurons) -> None:
+    """``max_queue`` requests wait on a load; the next is a 429 (OpenAI) or 529
+    (Anthropic) with Retry-After. The load is held by stopping the neuron (SIGSTOP),
+    so the queue stays full for as long as the test looks at it."""
+    # a long poll interval: the paused neuron is not polled (and marked down) meanwhile
+    gateway = fleet(profile("slow", nodes=["n1"], max_queue=2), poll_interval_s=60)
+    metrics_url = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+    node = neurons["n1"]
+    node.signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            waiting = [pool.submit(ask, gateway, "slow") for _ in range(2)]
+            wait_for(
+                lambda: procs_metric(metrics_url, "cortex_queue_depth", model="slow") == 2,
+                "two requests waiting on the load",
+            )
+            chat = {"model": "slow", "messages": HI, "max_tokens": 4}
+            refused = httpx.post(gateway.url + "/v1/chat/completions", json=chat, timeout=30)
+            assert refused.status_code == 429, refused.text
+            assert int(refused.headers["retry-after"]) >= 1
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+            assert "'slow'" in refused.json()["error"]["message"]
+            message = {"model": "slow", "messages": HI, "max_tokens": 4}
+            overloaded = httpx.post(gateway.url + "/v1/messages", json=message, timeout=30)
+            assert overloaded.status_code == 529, overloaded.text
+            assert int(overloaded.headers["retry-after"]) >= 1
+            assert overloaded.json()["type"] == "error"
+            assert overloaded.json()["error"]["type"] == "overloaded_error"
+            assert not any(request.done() for request in waiting)
+            node.signal(signal.SIGCONT)
+            assert [request.result(timeout=120) for request in waiting] == ["n1", "n1"]
+    finally:
+        node.signal(signal.SIGCONT)
+    assert metric(gateway, "cortex_model_loads_total", model="slow") == 1
+    assert procs_metric(metrics_url, "cortex_queue_depth", model="slow") == 0
+
+
+def test_a_model_that_fits_once_busy_models_finish_is_a_503(fleet, small_mb: int) -> None:
+    """The only node the model may use is full of a model with a request in flight:
+    not a 422 (it fits once that finishes), a 503 with Retry-After; then it loads."""
+    three = int(small_mb * 3)  # one such model per node (budget: 3.5 small models)
+    models = profile("hog", nodes=["n1"], memory_mb=three) + profile(
+        "next", nodes=["n1"], memory_mb=three
+    )
+    gateway = fleet(models)
+    assert ask(gateway, "hog") == "n1"
+    body = {"model": "hog", "messages": [LONG], "max_tokens": 2000, "stream": True, **UNENDING}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200, r.read().decode()
+        lines = r.iter_lines()  # kept: a dropped iterator closes the stream
+        first_token(lines)  # "hog" is generating: busy, so it may not be evicted
+        chat = {"model": "next", "messages": HI, "max_tokens": 4}
+        refused = httpx.post(gateway.url + "/v1/chat/completions", json=chat, timeout=60)
+        assert refused.status_code == 503, refused.text
+        assert int(refused.headers["retry-after"]) >= 1
+        error = refused.json()["error"]
+        assert error["code"] == "no_memory_now" and "'next'" in error["message"]
+        message = {"model": "next", "messages": HI, "max_tokens": 4}
+        answer = httpx.post(gateway.url + "/v1/messages", json=message, timeout=60)
+        assert answer.status_code == 503, answer.text
+        assert int(answer.headers["retry-after"]) >= 1
+        assert answer.json()["error"]["type"] == "overloaded_error"
+        assert placements(gateway)["n1"] == {"hog"}
+    # the client left: once "hog" is idle, "next" evicts it
+    wait_for(lambda: model_view(gateway, "n1", "hog")["in_flight"] == 0, "hog to be idle")
+    assert ask(gateway, "next") == "n1"
+    assert placements(gateway)["n1"] == {"next"}

@@ -3,6 +3,7 @@ lists, preflights, downloads and serves; rejections are structured 422s."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from cortex.neuron.sources import local_path, parse_source
+from cortex.neuron.files.sources import local_path, parse_source
 from hubserver import HubServer, Repo
 from procs import Neuron
 
@@ -171,7 +172,17 @@ def test_an_estimate_reads_headers_not_weights(
     assert remote.json()["estimate"] == direct.json()["estimate"]
 
 
-def test_download_resumes_then_the_model_serves(node: Neuron, hub: HubServer) -> None:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_download_resumes_then_the_model_serves(
+    node: Neuron, hub: HubServer, hf_home: Path
+) -> None:
     response = _load(node, id="smol-hf", source=f"hf:{SMOL}", context_length=512, max_batch=1)
     assert response.status_code == 200, response.text
     assert node.model("smol-hf")["state"] == "ready"
@@ -181,6 +192,12 @@ def test_download_resumes_then_the_model_serves(node: Neuron, hub: HubServer) ->
         if _ranges_read([fetch]) < 0  # not the estimate's header reads
     ]
     assert len(fetches) == 2 and fetches[1].headers["range"] == f"bytes={30 * 2**20}-"
+    # the resumed file is the hub's, byte for byte (the cut fell 30 MB in)
+    (cached,) = (hf_home / "hub" / "models--test-org--smol-gguf" / "snapshots").glob(
+        "*/SmolLM2-135M-Instruct-Q4_1.gguf"
+    )
+    assert cached.stat().st_size == BUNDLED_FILE.stat().st_size > 30 * 2**20
+    assert _sha256(cached) == _sha256(BUNDLED_FILE)
     assert not hub.seen("GET", f"^/{SMOL}/resolve/.*README")  # only the chosen file
     reply = httpx.post(
         node.url + "/v1/chat/completions",

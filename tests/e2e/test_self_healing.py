@@ -1,6 +1,6 @@
 """Faults injected into real loaded models: the neuron heals itself, the gateway routes around.
 
-Each fault kind (``device_error``, ``hang``, ``worker_crash``) is armed through
+Each fault kind (``device_error``, ``hang``, ``segfault``, ``abort``, ``kill``) is armed through
 ``POST /debug/fault`` and fires on the model's next decode step. The request that
 meets it fails cleanly, every request until the reload gets 503 + Retry-After
 saying the model is recovering, and then the model answers exactly as before,
@@ -91,7 +91,7 @@ def node(tmp_path_factory: pytest.TempPathFactory):
     process.stop()
 
 
-@pytest.mark.parametrize("kind", ["device_error", "hang", "worker_crash"])
+@pytest.mark.parametrize("kind", ["device_error", "hang", "segfault", "abort", "kill"])
 def test_a_fault_heals_by_itself_and_answers_stay_the_same(node: Neuron, kind: str) -> None:
     before = answer(node.url)
     healed = recoveries(node, MODEL, "ok")

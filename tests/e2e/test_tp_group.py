@@ -8,21 +8,24 @@ and ``close`` must leave no process and no port behind.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import time
 from pathlib import Path
 
 import pytest
 
+import required
 from procs import alive
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = required.module("torch")
+transformers = required.module("transformers")
 
 from cortex.errors import InvalidRequest  # noqa: E402
 from cortex.neuron.engines.base import EngineFault  # noqa: E402
-from cortex.neuron.engines.rank_model import LoadParams, RankModel  # noqa: E402
-from cortex.neuron.engines.tp import TensorParallelGroup  # noqa: E402
+from cortex.neuron.engines.dense.rank_model import LoadParams, RankModel  # noqa: E402
+from cortex.neuron.engines.dense.tp import TensorParallelGroup  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -97,10 +100,15 @@ def test_a_leader_error_after_the_collectives_drains_every_pipe(checkpoints) -> 
         group.forward([7], len(PROMPT))
     # the worker answered that step, and its reply was read: nothing stale is left
     assert not any(worker.conn.poll(0) for worker in group._workers)
-    started = time.monotonic()
-    with pytest.raises(EngineFault, match="group is down"):
-        group.forward([7], len(PROMPT))  # refused at once, nothing sent
-    assert time.monotonic() - started < 1
+    # Refused at once, nothing sent: with its worker stopped, a group that sent the step
+    # would wait out the step deadline for the reply and fail with "no reply" instead.
+    (worker,) = pids
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        with pytest.raises(EngineFault, match="group is down"):
+            group.forward([7], len(PROMPT))
+    finally:
+        os.kill(worker, signal.SIGCONT)
     assert_torn_down(group, pids, port)
 
 
@@ -122,7 +130,9 @@ def test_a_hung_worker_is_a_fault_after_the_deadline_not_a_hang(checkpoints) -> 
     started = time.monotonic()
     with pytest.raises(EngineFault, match="rank 1: no reply before the deadline"):
         group.forward([7], len(PROMPT))
-    assert time.monotonic() - started < 15
+    # it waited for the deadline (a lower bound, which no slow machine breaks), then
+    # gave up: the fault, not a hang (that would meet pytest's timeout instead)
+    assert time.monotonic() - started >= 3
     assert_torn_down(group, pids, port)  # the hung worker is killed
 
 

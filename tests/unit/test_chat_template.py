@@ -1,7 +1,7 @@
 import pytest
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.chat import FALLBACK_TEMPLATE, render_chat
+from cortex.neuron.prompt.template import FALLBACK_TEMPLATE, render_chat
 
 CHATML = FALLBACK_TEMPLATE
 

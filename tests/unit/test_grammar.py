@@ -1,7 +1,7 @@
 import pytest
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.grammar import json_schema_grammar, tool_call_grammar
+from cortex.neuron.prompt.grammar import json_schema_grammar, tool_call_grammar
 
 
 def rules(grammar: str) -> dict[str, str]:

@@ -11,10 +11,10 @@ import pytest
 
 from cortex.errors import InvalidRequest
 from cortex.neuron.engines.base import EmbeddingJob
-from cortex.neuron.engines.llamacpp import LlamaCppEngine
-from cortex.neuron.engines.llamacpp_embed import EmbeddingContext, pooling_of
-from cortex.neuron.estimate import LLAMACPP_EMBED_UBATCH_TOKENS
-from cortex.neuron.sources import parse_source, resolve_local
+from cortex.neuron.engines.llamacpp.embed import EmbeddingContext, pooling_of
+from cortex.neuron.engines.llamacpp.engine import LlamaCppEngine
+from cortex.neuron.files.estimate import LLAMACPP_EMBED_UBATCH_TOKENS
+from cortex.neuron.files.sources import parse_source, resolve_local
 from cortex.spec import ModelSpec
 
 pytestmark = pytest.mark.slow  # runs llama.cpp

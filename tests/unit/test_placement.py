@@ -1,7 +1,9 @@
-"""The pure placement, eviction and defrag decisions."""
+"""The pure placement, eviction and defrag decisions, and the rooms they decide over."""
 
 from __future__ import annotations
 
+from cortex.config import NeuronEndpoint
+from cortex.gateway.fleet import Fleet
 from cortex.gateway.placement import (
     LoadPlan,
     Move,
@@ -13,6 +15,9 @@ from cortex.gateway.placement import (
     plan_defrag,
     plan_load,
 )
+from cortex.gateway.rooms import rooms_of
+from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus, NodeStatus
+from cortex.spec import ModelSpec
 
 
 def resident(model_id: str, memory_mb: int, last_used: float, **kwargs) -> Resident:
@@ -129,3 +134,43 @@ def test_defrag_does_nothing_when_it_would_not_grow_the_largest_slot() -> None:
         Room("b", "cpu", 500),
     ]
     assert plan_defrag(rooms) == []
+
+
+def test_rooms_come_from_the_typed_status_within_the_budget() -> None:
+    def loaded(model_id: str, state: ModelState, **spec: object) -> ModelStatus:
+        return ModelStatus(
+            id=model_id,
+            state=state,
+            spec=ModelSpec(id=model_id, source=f"file:/{model_id}.gguf", **spec),
+            devices=["cpu"],
+            memory_mb=1000,
+            context_length=4096,
+            in_flight=0,
+            queued=0,
+            last_used=5.0,
+        )
+
+    cpu = DeviceStatus(
+        id="cpu",
+        name="CPU",
+        memory_total_mb=64000,
+        memory_free_mb=50000,
+        memory_budget_mb=6000,
+        memory_used_by_models_mb=3000,
+    )
+    models = [
+        loaded("idle", ModelState.READY, priority=10),
+        loaded("pinned", ModelState.READY, pinned=True),
+        loaded("loading", ModelState.LOADING),
+    ]
+    fleet = Fleet([NeuronEndpoint(name="a", endpoint="http://a:1")], down_after_misses=1)
+    fleet.record_status("a", NodeStatus(node="a", devices=[cpu], models=models))
+    node = fleet.nodes["a"]
+    node.reserved_mb["cpu"] = 500  # a load under way
+    node.leaving.add("pinned")  # being unloaded: no longer a resident
+    (room,) = rooms_of([node], profiles={})
+    assert (room.node, room.device, room.free_mb) == ("a", "cpu", 6000 - 3000 - 500)
+    by_id = {r.model_id: r for r in room.residents}
+    assert by_id.keys() == {"idle", "loading"}
+    assert by_id["idle"].priority == 10 and not by_id["idle"].busy
+    assert by_id["loading"].busy  # not ready: not idle either

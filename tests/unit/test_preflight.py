@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cortex.errors import PreflightRejected
-from cortex.neuron.preflight import (
+from cortex.neuron.files.preflight import (
     MIB,
     classify,
     edit_distance,

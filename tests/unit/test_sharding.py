@@ -6,8 +6,14 @@ import threading
 
 import pytest
 
+import required
 from cortex.errors import InvalidRequest
-from cortex.neuron.engines.sharding import ModelShape, plan_sharding, rank_slices, split_evenly
+from cortex.neuron.engines.dense.sharding import (
+    ModelShape,
+    plan_sharding,
+    rank_slices,
+    split_evenly,
+)
 
 SMOLLM2 = ModelShape("llama", n_heads=9, n_kv_heads=3, head_dim=64, intermediate=1536,
                      has_tp_plan=True)  # fmt: skip
@@ -61,9 +67,9 @@ def test_kv_groups_stay_whole() -> None:
 def test_megatron_shards_sum_to_the_whole_model(world: int, monkeypatch) -> None:
     """N shards of a tiny Llama (6 query heads, 3 KV heads) in N threads, their
     all_reduce a barrier that sums: the same logits as the unsharded model."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from cortex.neuron.engines import rank_model
+    torch = required.module("torch")
+    transformers = required.module("transformers")
+    from cortex.neuron.engines.dense import rank_model
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(

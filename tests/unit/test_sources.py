@@ -4,8 +4,8 @@ import pytest
 from huggingface_hub import constants
 
 from cortex.errors import InvalidRequest, PreflightRejected
-from cortex.neuron import hub
-from cortex.neuron.sources import list_local, parse_source, prepare_source, resolve_local
+from cortex.neuron.files import hub
+from cortex.neuron.files.sources import list_local, parse_source, prepare_source, resolve_local
 from cortex.spec import ModelSpec
 
 

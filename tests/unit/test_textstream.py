@@ -1,4 +1,4 @@
-from cortex.neuron.textstream import StopMatcher, TextAssembler
+from cortex.neuron.engines.textstream import StopMatcher, TextAssembler
 
 
 def feed_all(matcher: StopMatcher, pieces: list[str]) -> str:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cortex.neuron.toolcalls import (
+from cortex.neuron.prompt.toolcalls import (
     ParsedToolCall,
     ToolCallDelta,
     ToolCallStreamParser,

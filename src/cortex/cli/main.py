@@ -9,9 +9,10 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from cortex.config import (
@@ -23,9 +24,12 @@ from cortex.config import (
     load_models_config,
     parse_host_port,
 )
+from cortex.protocol.fleet import FleetView, ModelListing
+from cortex.protocol.parsing import describe_validation_error
 from cortex.spec import BUNDLED_MODEL_ID, BUNDLED_MODEL_SOURCE, ModelSpec
 
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
+M = TypeVar("M", bound=BaseModel)
 
 
 def embedded_models() -> ModelsConfig:
@@ -103,11 +107,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             local = LocalNeuron("local", [])
             local.wait_healthy()
+            local.supervise()  # restarted with backoff if it exits or stops answering
             config = config.model_copy(
-                update={"neurons": [NeuronEndpoint(name="local", endpoint=local.endpoint)]}
+                update={
+                    "neurons": [
+                        NeuronEndpoint(name="local", endpoint=local.endpoint, token=local.token)
+                    ]
+                }
             )
         registry = CollectorRegistry()
-        app = create_app(config, models, registry=registry)
+        supervised = {"local": lambda: local.restarts} if local is not None else None
+        app = create_app(config, models, registry=registry, supervised=supervised)
         metrics = start_metrics_server(*parse_host_port(config.gateway.metrics_listen), registry)
         host, port = parse_host_port(config.gateway.listen)
         console.print(
@@ -156,14 +166,37 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
     return body
 
 
+class InvalidAnswer(Exception):
+    """The gateway answered with a body that is not its ``protocol.fleet`` type."""
+
+
+def _parse(answer_type: type[M], path: str, body: Any) -> M:
+    try:
+        return answer_type.model_validate(body)
+    except ValidationError as exc:
+        problems, _ = describe_validation_error(exc)
+        raise InvalidAnswer(
+            f"the gateway answered {path} with an invalid body: {problems}"
+        ) from None
+
+
+def _call_typed(args: argparse.Namespace, answer_type: type[M], path: str) -> tuple[M, Any]:
+    """``GET path`` parsed as ``answer_type``, and the JSON as it came (for ``--json``)."""
+    body = _call(args, "GET", path)
+    try:
+        return _parse(answer_type, path, body), body
+    except InvalidAnswer as exc:
+        raise SystemExit(f"cortex: {exc}") from None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from cortex.cli.views import render_fleet
 
     if getattr(args, "watch", False):
         return _watch_status(args)
-    fleet = _call(args, "GET", "/fleet")
+    fleet, raw = _call_typed(args, FleetView, "/fleet")
     if args.json:
-        print(json.dumps(fleet, indent=2))
+        print(json.dumps(raw, indent=2))
     else:
         render_fleet(fleet, Console())
     return 0
@@ -178,7 +211,7 @@ def _watch_status(args: argparse.Namespace) -> int:
 
     interval = max(0.2, args.interval)
     url = args.gateway.rstrip("/") + "/fleet"
-    fleet: dict[str, Any] | None = None
+    fleet: FleetView | None = None
     updated_at: float | None = None
     # SIGTERM ends the watch like Ctrl-C: the last frame stays on screen, exit status 0.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -189,9 +222,12 @@ def _watch_status(args: argparse.Namespace) -> int:
                 try:
                     response = httpx.get(url, headers=_gateway_headers(), timeout=max(2, interval))
                     if response.status_code == 200:
-                        fleet, updated_at = response.json(), time.time()
+                        fleet = _parse(FleetView, "/fleet", response.json())
+                        updated_at = time.time()
                     else:
                         error = f"{response.status_code}: {_error_message(response)}"
+                except InvalidAnswer as exc:
+                    error = str(exc)
                 except (httpx.HTTPError, ValueError) as exc:
                     error = str(exc) or type(exc).__name__
                 frame = watch_view(
@@ -217,9 +253,9 @@ def _error_message(response: httpx.Response) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from cortex.cli.views import render_models
 
-    models = _call(args, "GET", "/v1/models")
+    models, raw = _call_typed(args, ModelListing, "/v1/models")
     if args.json:
-        print(json.dumps(models, indent=2))
+        print(json.dumps(raw, indent=2))
     else:
         render_models(models, Console())
     return 0

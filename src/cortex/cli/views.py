@@ -1,9 +1,8 @@
 """Rich views for ``cortex status`` (once or ``--watch``) and ``cortex models``.
 
-Pure rendering: the inputs are the gateway's JSON answers as plain dicts, the only
-output is a renderable (or what is printed on the given console). Every key but the
-names is treated as optional, so an older or newer gateway (or a node that is down and
-reports nothing) still renders instead of raising a KeyError at the operator.
+Pure rendering: the inputs are the gateway's answers parsed into their wire types
+(``protocol.fleet``), the only output is a renderable (or what is printed on the given
+console). Parsing happens before (``cli.main``): here every field is there.
 """
 
 from __future__ import annotations
@@ -17,6 +16,15 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from cortex.protocol.fleet import (
+    FleetModel,
+    FleetView,
+    ModelListing,
+    NodeModel,
+    NodeView,
+)
+from cortex.protocol.neuron import DeviceStatus
+
 _STATE_STYLE = {
     "ready": "green",
     "loading": "yellow",
@@ -27,41 +35,39 @@ _STATE_STYLE = {
 BAR_WIDTH = 20
 
 
-def render_fleet(fleet: dict[str, Any], console: Console, *, now: float | None = None) -> None:
+def render_fleet(fleet: FleetView, console: Console, *, now: float | None = None) -> None:
     """Print the ``GET /fleet`` answer: a summary, the nodes, then the catalogue."""
     console.print(fleet_view(fleet, now=now))
 
 
-def fleet_view(fleet: dict[str, Any], *, now: float | None = None) -> RenderableType:
+def fleet_view(fleet: FleetView, *, now: float | None = None) -> RenderableType:
     """The ``GET /fleet`` answer as one renderable (what ``render_fleet`` prints)."""
     now = time.time() if now is None else now
-    nodes = fleet.get("nodes") or []
-    models = fleet.get("models") or []
-    parts: list[RenderableType] = [_summary(fleet, nodes)]
+    parts: list[RenderableType] = [_summary(fleet)]
 
-    if nodes:
+    if fleet.nodes:
         parts.append(Text("Nodes", style="italic"))
-        parts.extend(_node_view(node, now) for node in nodes)
+        parts.extend(_node_view(node, now) for node in fleet.nodes)
     else:
         parts.append(Text("No nodes configured.", style="dim"))
 
-    parts.append(_Catalogue(models) if models else Text("No models in the catalogue.", style="dim"))
-    eviction = fleet.get("eviction")
-    if isinstance(eviction, dict):
-        parts.append(
-            Text(
-                f"eviction: {eviction.get('strategy', '?')}, "
-                f"{eviction.get('cycles', 0)} cycles, idle unload after "
-                f"{eviction.get('idle_unload_after_s') or 'never'}"
-                f"{'s' if eviction.get('idle_unload_after_s') else ''}",
-                style="dim",
-            )
+    if fleet.models:
+        parts.append(_Catalogue(fleet.models))
+    else:
+        parts.append(Text("No models in the catalogue.", style="dim"))
+    eviction = fleet.eviction
+    idle = f"{eviction.idle_unload_after_s:g}s" if eviction.idle_unload_after_s else "never"
+    parts.append(
+        Text(
+            f"eviction: {eviction.strategy}, {eviction.cycles} cycles, idle unload after {idle}",
+            style="dim",
         )
+    )
     return Group(*parts)
 
 
 def watch_view(
-    fleet: dict[str, Any] | None,
+    fleet: FleetView | None,
     *,
     gateway: str,
     interval_s: float,
@@ -96,7 +102,7 @@ class _Catalogue:
 
     WIDE = 140
 
-    def __init__(self, models: list[dict[str, Any]]) -> None:
+    def __init__(self, models: list[FleetModel]) -> None:
         self.models = models
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -113,100 +119,101 @@ class _Catalogue:
         details.add_column(no_wrap=True)
         details.add_column(overflow="fold")
         for model in self.models:
-            estimate = model.get("memory_estimate_mb")
-            rate = model.get("requests_last_min")
+            estimate = model.memory_estimate_mb
             row = [
-                Text(str(model.get("id", "?")), style="bold"),
-                Text(str(rate)) if _number(rate) else _none(),
-                _joined(model.get("loaded_on")),
-                Text("yes", style="cyan") if model.get("pinned") else _none(),
-                Text(str(model["priority"])) if model.get("priority") is not None else _none(),
-                Text(f"{estimate} MB") if _number(estimate) else _none(),
+                Text(model.id, style="bold"),
+                Text(str(model.requests_last_min)),
+                _joined(model.loaded_on),
+                Text("yes", style="cyan") if model.pinned else _none(),
+                Text(str(model.priority)) if model.priority is not None else _none(),
+                Text(f"{estimate} MB") if estimate is not None else _none(),
             ]
-            source, aliases = str(model.get("source") or ""), _joined(model.get("aliases"))
+            source, aliases = model.source or "", _joined(model.aliases)
             if wide:
                 table.add_row(*row, Text(source), aliases)
                 continue
             table.add_row(*row)
-            if source or model.get("aliases"):
+            if source or model.aliases:
                 described = Text(source)
-                if model.get("aliases"):
+                if model.aliases:
                     described.append(f"{'  ' if source else ''}aliases: ", style="dim")
                     described.append_text(aliases)
-                details.add_row(Text(f"  {model.get('id', '?')}", style="dim"), described)
+                details.add_row(Text(f"  {model.id}", style="dim"), described)
         yield table
         if not wide and details.row_count:
             yield details
 
 
-def render_models(models: dict[str, Any], console: Console) -> None:
-    """Print an OpenAI ``/v1/models`` list, with cortex's extra ``loaded_on`` and ``aliases``."""
-    entries = models.get("data") or []
-    if not entries:
+def render_models(models: ModelListing, console: Console) -> None:
+    """Print the ``/v1/models`` list, with cortex's extra ``loaded_on`` and ``aliases``."""
+    if not models.data:
         console.print(Text("No models.", style="dim"))
         return
     # Only show aliases when some model has them, to keep the common table narrow.
-    with_aliases = any(entry.get("aliases") for entry in entries)
+    with_aliases = any(entry.aliases for entry in models.data)
     table = Table(title="Models", title_justify="left")
     for column in ("model", "owned by", "loaded on"):
         table.add_column(column)
     if with_aliases:
         table.add_column("aliases")
-    for entry in entries:
-        row = [
-            Text(str(entry.get("id", "?")), style="bold"),
-            Text(str(entry.get("owned_by", ""))),
-            _joined(entry.get("loaded_on")),
-        ]
+    for entry in models.data:
+        row = [Text(entry.id, style="bold"), Text(entry.owned_by), _joined(entry.loaded_on)]
         if with_aliases:
-            row.append(_joined(entry.get("aliases")))
+            row.append(_joined(entry.aliases))
         table.add_row(*row)
     console.print(table)
 
 
-def _summary(fleet: dict[str, Any], nodes: list[dict[str, Any]]) -> Text:
-    up = sum(1 for node in nodes if node.get("up"))
+def _summary(fleet: FleetView) -> Text:
+    nodes = fleet.nodes
+    up = sum(1 for node in nodes if node.up and node.compatible)
+    down = sum(1 for node in nodes if not node.up)
     line = Text(f"{len(nodes)} node{'' if len(nodes) == 1 else 's'}: ")
     line.append(f"{up} up", style="green" if up else "")
     line.append(", ")
-    line.append(f"{len(nodes) - up} down", style="red" if len(nodes) > up else "")
-    rate = fleet.get("requests_last_min")
-    if _number(rate):
-        line.append(f"; {rate} request{'' if rate == 1 else 's'} in the last minute")
+    line.append(f"{down} down", style="red" if down else "")
+    if incompatible := len(nodes) - up - down:
+        line.append(", ")
+        line.append(f"{incompatible} incompatible", style="red")
+    rate = fleet.requests_last_min
+    line.append(f"; {rate} request{'' if rate == 1 else 's'} in the last minute")
     return line
 
 
-def _node_view(node: dict[str, Any], now: float) -> RenderableType:
+def _node_status(node: NodeView) -> Text:
+    if not node.up:
+        return Text("down", style="bold red")
+    if not node.compatible:
+        return Text("incompatible", style="bold red")
+    return Text("up", style="bold green")
+
+
+def _node_view(node: NodeView, now: float) -> RenderableType:
     """A node's line (name, up or down, endpoint), then its devices and its models."""
-    line = Text(str(node.get("name", "?")), style="bold")
+    line = Text(node.name, style="bold")
     line.append("  ")
-    line.append_text(
-        Text("up", style="bold green") if node.get("up") else Text("down", style="bold red")
-    )
-    if node.get("endpoint"):
-        line.append(f"  {node['endpoint']}", style="dim")
+    line.append_text(_node_status(node))
+    line.append(f"  {node.endpoint}", style="dim")
+    if node.restarts:
+        line.append(f"  restarted {node.restarts}x", style="yellow")
     parts: list[RenderableType] = [line]
-    if not node.get("up"):
-        why = Text()
-        if node.get("error"):
-            why.append(str(node["error"]), style="red")
-        last_seen = node.get("last_seen")
-        if _number(last_seen):
-            why.append(f"{'; ' if why else ''}last seen {_ago(now - last_seen)}", style="dim")
-        if why:
-            parts.append(Padding(why, (0, 0, 0, 2)))
-    devices = node.get("devices") or []
-    if devices:
-        parts.append(Padding(_devices_grid(devices, node), (0, 0, 0, 2)))
-    models = node.get("models") or []
-    if models:
-        parts.append(Padding(_models_grid(models), (0, 0, 0, 2)))
-    elif node.get("up"):
+    why = Text()
+    if node.error:  # why it is down or incompatible, or what its last poll answered
+        why.append(node.error, style="red")
+    if not node.up and node.last_seen is not None:
+        why.append(f"{'; ' if why else ''}last seen {_ago(now - node.last_seen)}", style="dim")
+    if why:
+        parts.append(Padding(why, (0, 0, 0, 2)))
+    if node.devices:
+        parts.append(Padding(_devices_grid(node.devices), (0, 0, 0, 2)))
+    if node.models:
+        parts.append(Padding(_models_grid(node.models), (0, 0, 0, 2)))
+    elif node.up and node.compatible:
         parts.append(Text("  no models loaded", style="dim"))
     return Group(*parts)
 
 
-def _devices_grid(devices: list[dict[str, Any]], node: dict[str, Any]) -> Table:
+def _devices_grid(devices: list[DeviceStatus]) -> Table:
     """Per device: a bar of its memory in use and, when the node has a budget, one of
     the models' share of it."""
     grid = Table.grid(padding=(0, 1))
@@ -216,34 +223,18 @@ def _devices_grid(devices: list[dict[str, Any]], node: dict[str, Any]) -> Table:
     grid.add_column(justify="right", no_wrap=True)
     grid.add_column(style="dim")
     for device in devices:
-        name = Text(str(device.get("name") or device.get("id") or "?"))
-        total, free = device.get("memory_total_mb"), device.get("memory_free_mb")
-        if _number(total) and _number(free) and total > 0:
-            grid.add_row(
-                name,
-                "memory",
-                _bar(total - free, total),
-                f"{round(total - free)}/{round(total)} MB",
-            )
-        elif _number(total):
-            grid.add_row(name, "memory", _none(), f"?/{round(total)} MB")
+        name = Text(device.name or device.id)
+        total, free = device.memory_total_mb, device.memory_free_mb
+        if total > 0:
+            grid.add_row(name, "memory", _bar(total - free, total), f"{total - free}/{total} MB")
         else:
             grid.add_row(name, "memory", Text("unknown", style="dim"))
-        used = device.get("memory_used_by_models_mb")
-        if not _number(used):
-            # an older neuron: add up what its models on this device hold
-            held = [
-                m.get("memory_mb")
-                for m in node.get("models") or []
-                if device.get("id") in (m.get("devices") or [])
-            ]
-            used = sum(mb for mb in held if _number(mb)) if held else None
-        budget = device.get("memory_budget_mb")
-        if _number(budget) and budget > 0:
-            numbers = Text(f"{round(used or 0)}/{round(budget)} MB", style="cyan")
-            grid.add_row("", "budget", _bar(used or 0, budget), numbers, "used by models")
-        elif _number(used) and used:
-            grid.add_row("", "models", "", Text(f"{round(used)} MB", style="cyan"))
+        used, budget = device.memory_used_by_models_mb, device.memory_budget_mb
+        if budget:
+            numbers = Text(f"{used}/{budget} MB", style="cyan")
+            grid.add_row("", "budget", _bar(used, budget), numbers, "used by models")
+        elif used:
+            grid.add_row("", "models", "", Text(f"{used} MB", style="cyan"))
     return grid
 
 
@@ -258,27 +249,21 @@ def _bar(used: float, total: float) -> Text:
     return bar
 
 
-def _models_grid(models: list[dict[str, Any]]) -> Table:
+def _models_grid(models: list[NodeModel]) -> Table:
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True)
     grid.add_column(no_wrap=True)
     for _ in range(3):
         grid.add_column(justify="right")
     for model in models:
-        state = str(model.get("state", "?"))
-        memory = model.get("memory_mb")
         grid.add_row(
-            Text(str(model.get("id", "?"))),
-            Text(state, style=_STATE_STYLE.get(state, "")),
-            Text(f"{model.get('in_flight') or 0} in flight"),
-            Text(f"{model.get('queued') or 0} queued"),
-            Text(f"{round(memory)} MB") if _number(memory) and memory else Text(""),
+            Text(model.id),
+            Text(model.state, style=_STATE_STYLE.get(model.state, "")),
+            Text(f"{model.in_flight} in flight"),
+            Text(f"{model.queued} queued"),
+            Text(f"{model.memory_mb} MB") if model.memory_mb else Text(""),
         )
     return grid
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _none() -> Text:
@@ -286,13 +271,9 @@ def _none() -> Text:
     return Text("-", style="dim")
 
 
-def _lines(items: Iterable[Text]) -> Text:
-    joined = Text("\n").join(items)
-    return joined if joined.plain else _none()
-
-
-def _joined(values: list[Any] | None) -> Text:
-    return Text(", ".join(str(v) for v in values)) if values else _none()
+def _joined(values: Iterable[Any]) -> Text:
+    joined = ", ".join(str(v) for v in values)
+    return Text(joined) if joined else _none()
 
 
 def _ago(seconds: float) -> str:

@@ -1,12 +1,15 @@
 """``create_app(config, models)``: the gateway's ASGI app; its lifespan owns the
-HTTP session to the neurons and the poller."""
+HTTP session to the neurons, the neuron clients and the poller.
+
+The clients come from one place, the ``clients`` factory (default: HTTP over the
+pooled session), so a test can run the whole gateway against in-memory neurons."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -21,7 +24,7 @@ from cortex.gateway.auth import ApiKeys
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.metrics import GatewayMetrics
-from cortex.gateway.neuron_client import NeuronClient
+from cortex.gateway.neuron_client import ClientFactory, HttpNeuronClient
 from cortex.gateway.poller import Poller
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.recording import RequestRecorder
@@ -42,6 +45,7 @@ ROUTES = [
     Route("/v1/models", openai.list_models, methods=["GET"]),
     Route("/", admin.root, methods=["GET", "HEAD"]),
     Route("/health", admin.health, methods=["GET"]),
+    Route("/ready", admin.ready, methods=["GET"]),
     Route("/fleet", admin.fleet_view, methods=["GET"]),
     Route("/fleet/load", admin.fleet_load, methods=["POST"]),
     Route("/fleet/unload", admin.fleet_unload, methods=["POST"]),
@@ -53,8 +57,15 @@ ROUTES = [
 
 
 def create_app(
-    config: GatewayConfig, models: ModelsConfig, registry: CollectorRegistry | None = None
+    config: GatewayConfig,
+    models: ModelsConfig,
+    registry: CollectorRegistry | None = None,
+    *,
+    clients: ClientFactory | None = None,
+    supervised: Mapping[str, Callable[[], int]] | None = None,
 ) -> Starlette:
+    """The gateway. ``clients`` makes each neuron's client (tests pass fakes);
+    ``supervised`` reads the restart count of neurons this process runs and restarts."""
     metrics = GatewayMetrics(registry or CollectorRegistry())
     recent = RecentRequests()
 
@@ -68,13 +79,24 @@ def create_app(
             auto_decompress=False,
         )
         fleet = Fleet(config.neurons, config.gateway.down_after_misses)
-        clients = {n.name: NeuronClient(n, session) for n in config.neurons}
-        poller = Poller(fleet, clients, config.gateway.poll_interval_s, metrics)
+        for name, restarts in (supervised or {}).items():
+            fleet.nodes[name].restarts = restarts
+        make_client = clients or (lambda endpoint: HttpNeuronClient(endpoint, session))
+        neurons = {n.name: make_client(n) for n in config.neurons}
+        poller = Poller(fleet, neurons, config.gateway.poll_interval_s, metrics)
         catalogue = Catalogue(models.models)
         scheduler = Scheduler(
-            fleet, catalogue, clients, config.eviction, metrics, refresh=poller.poll_node
+            fleet, catalogue, neurons, config.eviction, metrics, refresh=poller.poll_node
         )
-        proxy = Proxy(scheduler, fleet, clients, poller, config.gateway.stream_keepalive_s)
+        proxy = Proxy(
+            scheduler,
+            fleet,
+            neurons,
+            poller,
+            config.gateway.stream_keepalive_s,
+            config.gateway.upstream_idle_timeout_s,
+        )
+        poller.on_node_down = proxy.cut_node
         app.state.gateway = GatewayState(
             config=config,
             fleet=fleet,
@@ -85,8 +107,14 @@ def create_app(
             metrics=metrics,
             recent=recent,
         )
+        tasks: list[asyncio.Task[None]] = []
+
+        def node_up(name: str) -> None:  # a node (back) up: its pinned models load there
+            tasks.append(asyncio.create_task(scheduler.warm_pinned(), name=f"warm-{name}"))
+
+        poller.on_node_up = node_up
         await poller.poll_once()  # route from the first request on
-        tasks = [
+        tasks += [
             asyncio.create_task(poller.run(), name="poller"),
             asyncio.create_task(scheduler.warm_pinned(), name="warm-pinned"),
             asyncio.create_task(scheduler.run_housekeeping(), name="housekeeping"),

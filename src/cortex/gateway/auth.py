@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hmac
-
 from starlette.requests import Request
 
+from cortex.bearer import bearer_token, token_matches
 from cortex.errors import AuthenticationFailed
 
 
 class ApiKeys:
     def __init__(self, keys: list[str]) -> None:
-        self._keys = [key.encode() for key in keys]
+        self._keys = list(keys)
 
     @property
     def enabled(self) -> bool:
@@ -20,12 +19,9 @@ class ApiKeys:
     def check(self, request: Request) -> None:
         if not self._keys:
             return
-        supplied = (
-            request.headers.get("x-api-key")
-            or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        )
-        # compare against every key in constant time, so timing says nothing about keys
-        if not any(hmac.compare_digest(supplied.encode(), key) for key in self._keys):
+        # OpenAI's SDKs send a Bearer token, Anthropic's x-api-key (or a Bearer token).
+        supplied = (request.headers.get("x-api-key"), bearer_token(request.headers))
+        if not any([token_matches(key, self._keys) for key in supplied]):
             raise AuthenticationFailed(
                 "Invalid or missing API key: send it as 'Authorization: Bearer <key>' or "
                 "'x-api-key: <key>'.",

@@ -1,75 +1,44 @@
-"""What the gateway knows about its neurons, refreshed by the poller.
+"""What the gateway knows about its neurons.
 
-``Fleet`` is the single owner of this state; the poller writes it, request
-handlers and decisions read immutable-enough snapshots of it.
+Two writers, each of its own fields, on one event loop (so no locks):
+
+- what the neurons report (``up``, ``error``, ``contract``, ``devices``, ``models``)
+  is written only through ``Fleet.record_*``: by the poller, and by the scheduler
+  when a load or unload answers ahead of the next poll;
+- the gateway's own bookkeeping per node (``active``, ``routed_at``, ``leaving``,
+  ``reserved_mb``) is written by the scheduler, which owns those decisions.
+
+Request handlers and the pure decisions (``placement``) only read.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
 
 from cortex.config import NeuronEndpoint
-
-
-class ModelPhase(StrEnum):
-    """State of one model on one node, as the neuron reports it."""
-
-    LOADING = "loading"
-    READY = "ready"
-    POISONED = "poisoned"
-    RECOVERING = "recovering"
-    UNLOADING = "unloading"  # the gateway is evicting it: no new requests go there
-
-    @classmethod
-    def parse(cls, value: str) -> ModelPhase:
-        try:
-            return cls(value)
-        except ValueError:
-            return cls.POISONED  # an unknown state is not one to route to
-
-
-@dataclass
-class ModelOnNode:
-    id: str
-    phase: ModelPhase
-    in_flight: int = 0
-    queued: int = 0
-    memory_mb: int = 0
-    devices: list[str] = field(default_factory=list)
-    last_used: float = 0.0
-    context_length: int | None = None
-    pinned: bool = False
-    priority: int = 50
-
-    @classmethod
-    def from_status(cls, entry: dict[str, Any]) -> ModelOnNode:
-        spec = entry.get("spec") or {}
-        return cls(
-            id=str(entry["id"]),
-            phase=ModelPhase.parse(str(entry.get("state", ""))),
-            in_flight=int(entry.get("in_flight") or 0),
-            queued=int(entry.get("queued") or 0),
-            memory_mb=int(entry.get("memory_mb") or 0),
-            devices=list(entry.get("devices") or []),
-            last_used=float(entry.get("last_used") or 0.0),
-            context_length=entry.get("context_length"),
-            pinned=bool(spec.get("pinned", False)),
-            priority=int(spec.get("priority", 50)),
-        )
+from cortex.protocol.fleet import GatewayPhase, ModelPhase, NodeModel, NodeView
+from cortex.protocol.neuron import (
+    DeviceStatus,
+    ModelState,
+    ModelStatus,
+    NodeStatus,
+    incompatibility,
+)
 
 
 @dataclass
 class Node:
     endpoint: NeuronEndpoint
     up: bool = False
+    compatible: bool = True  # False: answers, but in a contract major this gateway can't read
+    contract: str | None = None
     misses: int = 0
     last_seen: float | None = None
     error: str | None = None
-    devices: list[dict[str, Any]] = field(default_factory=list)
-    models: dict[str, ModelOnNode] = field(default_factory=dict)
+    devices: list[DeviceStatus] = field(default_factory=list)
+    models: dict[str, ModelStatus] = field(default_factory=dict)
     # What this gateway knows before the next poll does: requests it has sent and not
     # yet finished, when it last sent one per model, models it is evicting, and memory
     # held for loads it has started.
@@ -77,10 +46,17 @@ class Node:
     routed_at: dict[str, float] = field(default_factory=dict)
     leaving: set[str] = field(default_factory=set)
     reserved_mb: dict[str, int] = field(default_factory=dict)  # by device id
+    # Restarts of a neuron this gateway supervises (the embedded default's), read live.
+    restarts: Callable[[], int] | None = None
 
     @property
     def name(self) -> str:
         return self.endpoint.name
+
+    @property
+    def usable(self) -> bool:
+        """May be routed to and placed on: it answers, in a contract this gateway speaks."""
+        return self.up and self.compatible
 
     @property
     def active_requests(self) -> int:
@@ -122,35 +98,38 @@ class Node:
 
     def phase(self, model_id: str) -> ModelPhase | None:
         if model_id in self.leaving:
-            return ModelPhase.UNLOADING
+            return GatewayPhase.UNLOADING
         model = self.models.get(model_id)
-        return model.phase if model else None
+        return model.state if model else None
 
-    def view(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "endpoint": self.endpoint.endpoint,
-            "up": self.up,
-            "error": self.error,
-            "last_seen": self.last_seen,
-            "devices": self.devices,
-            "reserved_mb": self.reserved_mb,
-            "models": [
-                {
-                    "id": m.id,
-                    "state": (self.phase(m.id) or m.phase).value,
-                    "devices": m.devices,
-                    "memory_mb": m.memory_mb,
-                    "in_flight": self.in_flight(m.id),
-                    "queued": m.queued,
-                    "last_used": self.last_used(m.id),
-                    "context_length": m.context_length,
-                    "pinned": m.pinned,
-                    "priority": m.priority,
-                }
+    def view(self) -> NodeView:
+        return NodeView(
+            name=self.name,
+            endpoint=self.endpoint.endpoint,
+            up=self.up,
+            compatible=self.compatible,
+            contract=self.contract,
+            error=self.error,
+            last_seen=self.last_seen,
+            devices=self.devices,
+            reserved_mb=self.reserved_mb,
+            restarts=self.restarts() if self.restarts else None,
+            models=[
+                NodeModel(
+                    id=m.id,
+                    state=self.phase(m.id) or m.state,
+                    devices=m.devices,
+                    memory_mb=m.memory_mb,
+                    in_flight=self.in_flight(m.id),
+                    queued=m.queued,
+                    last_used=self.last_used(m.id),
+                    context_length=m.context_length,
+                    pinned=m.spec.pinned,
+                    priority=m.spec.priority,
+                )
                 for m in self.models.values()
             ],
-        }
+        )
 
 
 class Fleet:
@@ -158,19 +137,31 @@ class Fleet:
         self.nodes: dict[str, Node] = {e.name: Node(e) for e in endpoints}
         self._down_after = down_after_misses
 
-    def record_status(self, name: str, status: dict[str, Any]) -> None:
-        node = self.nodes[name]
-        node.up, node.misses, node.error = True, 0, None
-        node.last_seen = time.time()
-        node.devices = list(status.get("devices") or [])
-        node.models = {
-            m.id: m for m in (ModelOnNode.from_status(e) for e in status.get("models") or [])
-        }
+    def record_status(self, name: str, status: NodeStatus) -> None:
+        if (reason := incompatibility(status.contract)) is not None:
+            self.record_incompatible(name, status.contract, reason)
+            return
+        node = self._answered(name, status.contract)
+        node.compatible, node.error = True, None
+        node.devices = list(status.devices)
+        node.models = {m.id: m for m in status.models}
 
-    def record_model(self, name: str, entry: dict[str, Any]) -> None:
+    def record_incompatible(self, name: str, contract: str | None, reason: str) -> None:
+        """The node answers in a contract this gateway cannot read: shown, never used.
+        Nothing else of its answer is kept (it may mean something else in that version)."""
+        node = self._answered(name, contract)
+        node.compatible, node.error = False, reason
+        node.devices, node.models = [], {}
+
+    def record_model(self, name: str, status: ModelStatus) -> None:
         """One model's status as a load answered it, ahead of the next poll."""
-        model = ModelOnNode.from_status(entry)
-        self.nodes[name].models[model.id] = model
+        self.nodes[name].models[status.id] = status
+
+    def record_unloaded(self, name: str, model_id: str) -> None:
+        """The node unloaded the model, ahead of the next poll."""
+        node = self.nodes[name]
+        node.models.pop(model_id, None)
+        node.routed_at.pop(model_id, None)
 
     def record_miss(self, name: str, error: str) -> None:
         node = self.nodes[name]
@@ -186,15 +177,24 @@ class Fleet:
         node.misses = max(node.misses, self._down_after)
 
     def holders(self, model_id: str) -> list[Node]:
-        """Up nodes where ``model_id`` is ready to serve."""
+        """Usable nodes where ``model_id`` is ready to serve."""
         return [
             node
             for node in self.nodes.values()
-            if node.up and node.phase(model_id) is ModelPhase.READY
+            if node.usable and node.phase(model_id) is ModelState.READY
         ]
 
+    def usable(self) -> list[Node]:
+        return [node for node in self.nodes.values() if node.usable]
+
     def loaded_on(self, model_id: str) -> list[str]:
-        return [n.name for n in self.nodes.values() if n.up and model_id in n.models]
+        return [n.name for n in self.usable() if model_id in n.models]
 
     def loaded_ids(self) -> set[str]:
-        return {mid for n in self.nodes.values() if n.up for mid in n.models}
+        return {mid for n in self.usable() for mid in n.models}
+
+    def _answered(self, name: str, contract: str | None) -> Node:
+        node = self.nodes[name]
+        node.up, node.misses, node.contract = True, 0, contract
+        node.last_seen = time.time()
+        return node

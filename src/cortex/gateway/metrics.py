@@ -1,4 +1,4 @@
-"""The gateway's Prometheus metrics (names are part of the contract, see interfaces.md)."""
+"""The gateway's Prometheus metrics (names are a contract: README.md, "Watching and healing")."""
 
 from __future__ import annotations
 

@@ -1,21 +1,103 @@
-"""Typed client for one neuron's HTTP API, over the gateway's pooled session."""
+"""How the gateway talks to one neuron: the ``NeuronClient`` protocol, and its HTTP
+implementation over the gateway's pooled session.
+
+Everything in the gateway holds clients through the protocol and gets them from
+``create_app``'s client factory, so tests can pass in-memory neurons instead.
+Answers come back as ``protocol.neuron`` types; an answer that is not one is an
+``NeuronAnswerInvalid`` naming the field, never a ``KeyError`` later.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
+from pydantic import BaseModel, ValidationError
 
 from cortex.config import NeuronEndpoint
 from cortex.errors import CortexError, UpstreamError
 from cortex.protocol.errors import error_from_openai_body
+from cortex.protocol.neuron import (
+    EstimateAnswer,
+    ModelStatus,
+    NodeStatus,
+    UnloadAnswer,
+    UnloadRequest,
+    incompatibility,
+)
+from cortex.protocol.parsing import describe_validation_error
+from cortex.spec import ModelSpec
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class NeuronUnreachable(UpstreamError):
     """The neuron refused or dropped the connection before answering."""
 
 
-class NeuronClient:
+class NeuronAnswerInvalid(UpstreamError):
+    """The neuron answered with a body that is not what the contract says."""
+
+
+class NeuronIncompatible(UpstreamError):
+    """The neuron speaks another major version of the contract (or none)."""
+
+    def __init__(self, message: str, contract: str | None) -> None:
+        super().__init__(message, code="neuron_incompatible")
+        self.contract = contract
+
+
+class StreamBody(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class UpstreamResponse(Protocol):
+    """What the proxy reads of an open response (``aiohttp.ClientResponse`` is one)."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> StreamBody: ...
+
+    async def read(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class NeuronClient(Protocol):
+    """One neuron, as the gateway uses it. Errors are ``CortexError``s: the neuron's own
+    (as it sent them), ``NeuronUnreachable``, ``NeuronAnswerInvalid``, ``NeuronIncompatible``."""
+
+    async def status(self, timeout_s: float) -> NodeStatus: ...
+
+    async def load(self, spec: ModelSpec, timeout_s: float = 1800) -> ModelStatus: ...
+
+    async def estimate(self, spec: ModelSpec, timeout_s: float = 60) -> EstimateAnswer:
+        """The memory a load of ``spec`` would take, read from the model's files."""
+        ...
+
+    async def unload(self, model_id: str, timeout_s: float = 120) -> UnloadAnswer: ...
+
+    async def open_stream(
+        self, path: str, body: bytes, headers: dict[str, str]
+    ) -> UpstreamResponse:
+        """POST and return the response once its headers arrive; the caller closes it."""
+        ...
+
+
+# Builds the client for each configured neuron; ``create_app`` takes one (tests: fakes).
+ClientFactory = Callable[[NeuronEndpoint], NeuronClient]
+
+
+class HttpNeuronClient:
+    """``NeuronClient`` over HTTP."""
+
     def __init__(self, endpoint: NeuronEndpoint, session: aiohttp.ClientSession) -> None:
         self.endpoint = endpoint
         self._session = session
@@ -24,51 +106,69 @@ class NeuronClient:
         token = self.endpoint.token
         return {"Authorization": f"Bearer {token}"} if token else {}
 
-    async def status(self, timeout_s: float) -> dict[str, Any]:
-        return await self._json("GET", "/status", timeout_s=timeout_s)
-
-    async def load(self, spec: dict[str, Any], timeout_s: float = 1800) -> dict[str, Any]:
-        return await self._json(
-            "POST", "/models/load", json=spec, headers=self._admin_headers(), timeout_s=timeout_s
+    async def status(self, timeout_s: float) -> NodeStatus:
+        body = await self._json(
+            "GET", "/status", headers=self._admin_headers(), timeout_s=timeout_s
         )
+        if not isinstance(body, dict):
+            raise self._invalid("/status", "not a JSON object")
+        # The version first: in another major, the rest may not parse, or mean something else.
+        contract = body.get("contract") if isinstance(body.get("contract"), str) else None
+        reason = incompatibility(contract)
+        if reason is not None:
+            raise NeuronIncompatible(reason, contract)
+        return self._parse(NodeStatus, "/status", body)
 
-    async def estimate(self, spec: dict[str, Any], timeout_s: float = 60) -> dict[str, Any]:
-        """The memory a load of ``spec`` would take, read from the model's files."""
-        return await self._json(
-            "POST",
-            "/models/estimate",
-            json=spec,
-            headers=self._admin_headers(),
-            timeout_s=timeout_s,
-        )
+    async def load(self, spec: ModelSpec, timeout_s: float = 1800) -> ModelStatus:
+        body = await self._admin("/models/load", spec, timeout_s)
+        return self._parse(ModelStatus, "/models/load", body)
 
-    async def unload(self, model_id: str, timeout_s: float = 120) -> dict[str, Any]:
-        return await self._json(
-            "POST",
-            "/models/unload",
-            json={"id": model_id},
-            headers=self._admin_headers(),
-            timeout_s=timeout_s,
-        )
+    async def estimate(self, spec: ModelSpec, timeout_s: float = 60) -> EstimateAnswer:
+        body = await self._admin("/models/estimate", spec, timeout_s)
+        return self._parse(EstimateAnswer, "/models/estimate", body)
+
+    async def unload(self, model_id: str, timeout_s: float = 120) -> UnloadAnswer:
+        body = await self._admin("/models/unload", UnloadRequest(id=model_id), timeout_s)
+        return self._parse(UnloadAnswer, "/models/unload", body)
 
     async def open_stream(
         self, path: str, body: bytes, headers: dict[str, str]
     ) -> aiohttp.ClientResponse:
-        """POST and return the response once its headers arrive; the caller closes it."""
         try:
             return await self._session.post(
                 self.endpoint.endpoint + path,
                 data=body,
-                headers={"Content-Type": "application/json", **headers},
+                # the neuron's token on every route, inference included
+                headers={"Content-Type": "application/json", **self._admin_headers(), **headers},
             )
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise NeuronUnreachable(
                 f"node '{self.endpoint.name}' is unreachable: {exc.__class__.__name__}"
             ) from exc
 
-    async def _json(
-        self, method: str, path: str, *, timeout_s: float, **kwargs: Any
-    ) -> dict[str, Any]:
+    def _parse(self, answer_type: type[M], path: str, body: Any) -> M:
+        try:
+            return answer_type.model_validate(body)
+        except ValidationError as exc:
+            problems, _ = describe_validation_error(exc)
+            raise self._invalid(path, problems) from exc
+
+    def _invalid(self, path: str, problems: str) -> NeuronAnswerInvalid:
+        return NeuronAnswerInvalid(
+            f"node '{self.endpoint.name}' answered {path} with an invalid body: {problems}",
+            code="neuron_answer_invalid",
+        )
+
+    async def _admin(self, path: str, body: BaseModel, timeout_s: float) -> Any:
+        return await self._json(
+            "POST",
+            path,
+            json=body.model_dump(mode="json"),
+            headers=self._admin_headers(),
+            timeout_s=timeout_s,
+        )
+
+    async def _json(self, method: str, path: str, *, timeout_s: float, **kwargs: Any) -> Any:
         try:
             async with self._session.request(
                 method,
@@ -81,10 +181,13 @@ class NeuronClient:
                     raise error_from_openai_body(
                         response.status, raw, response.headers.get("Retry-After")
                     )
-                return await response.json(content_type=None)
         except CortexError:
             raise
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise NeuronUnreachable(
                 f"node '{self.endpoint.name}' did not answer {path}: {exc.__class__.__name__} {exc}"
             ) from exc
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise self._invalid(path, "not JSON") from None

@@ -1,4 +1,4 @@
-"""Forwarding a request to the node that serves its model, streams chunk by chunk.
+"""Forwarding a request to the node that serves its model, streams event by event.
 
 Failover: a node that refuses or drops the connection before the response
 starts is marked down and the request goes to another node that has (or can
@@ -12,47 +12,67 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from starlette.responses import Response, StreamingResponse
 
-from cortex.errors import CortexError, ModelRecovering, UpstreamError
+from cortex.errors import CortexError, ModelRecovering, Unavailable, UpstreamError
 from cortex.gateway.fleet import Fleet, Node
-from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable
+from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable, UpstreamResponse
 from cortex.gateway.poller import Poller
 from cortex.gateway.recording import record
-from cortex.gateway.renderers import PROMPT_TOKENS_HEADER, Renderer
+from cortex.gateway.renderers import Renderer
 from cortex.gateway.scheduler import Scheduler
 from cortex.protocol.errors import error_from_openai_body
-from cortex.protocol.sse import REPORT_HEADER, parse_report
+from cortex.protocol.sse import (
+    DONE,
+    PROMPT_TOKENS_HEADER,
+    REPORT_HEADER,
+    SSE_HEADERS,
+    events,
+    is_report,
+    parse_report,
+)
 
 log = logging.getLogger("cortex.gateway.proxy")
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_DONE = b"data: [DONE]\n\n"
-_ERROR_FRAME = b'data: {"error"'
-_TAIL_BYTES = 4096
+_ERROR_EVENT = b'data: {"error"'
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """One request for whichever node serves ``model_id``: a JSON ``body`` to ``path``."""
+
+    path: str
+    model_id: str
+    body: bytes
+    headers: dict[str, str]
+    session: str | None = None  # the conversation's key, for affinity
 
 
 class Upstream:
     """An open response from a node, owned by whoever consumes it."""
 
     def __init__(
-        self, node: Node, model_id: str, response: aiohttp.ClientResponse, scheduler: Scheduler
+        self, node: Node, model_id: str, response: UpstreamResponse, scheduler: Scheduler
     ) -> None:
         self.node = node
         self.model_id = model_id
         self.response = response
         self._scheduler = scheduler
         self._closed = False
+        self.on_close: list[Callable[[Upstream], None]] = []
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.response.close()  # drops the connection: the neuron sees the disconnect
             self._scheduler.release(self.node, self.model_id)
+            for callback in self.on_close:
+                callback(self)
 
 
 class Proxy:
@@ -63,33 +83,31 @@ class Proxy:
         clients: dict[str, NeuronClient],
         poller: Poller,
         keepalive_s: float,
+        idle_timeout_s: float = 300,
     ) -> None:
+        self._idle_timeout_s = idle_timeout_s
+        self._open: dict[str, set[Upstream]] = {}  # by node: answers being read
+        self._pending: dict[str, set[asyncio.Future[UpstreamResponse]]] = {}  # awaited
+        self._cut: set[asyncio.Future[UpstreamResponse]] = set()
         self._scheduler = scheduler
         self._fleet = fleet
         self._clients = clients
         self._poller = poller
         self._keepalive_s = keepalive_s
 
-    async def open(
-        self,
-        path: str,
-        model_id: str,
-        raw: bytes,
-        headers: dict[str, str],
-        session: str | None = None,
-    ) -> Upstream:
-        """Send the JSON body ``raw`` to a node serving ``model_id``; retry elsewhere
-        before any byte."""
+    async def open(self, request: UpstreamRequest) -> Upstream:
+        """Send ``request`` to a node serving its model; retry elsewhere before any byte."""
+        model_id = request.model_id
         tried: set[str] = set()
         last_error: CortexError | None = None
         for _ in range(max(1, len(self._fleet.nodes))):
             asked = time.perf_counter()
-            node = await self._scheduler.acquire(model_id, frozenset(tried), session)
+            node = await self._scheduler.acquire(model_id, frozenset(tried), request.session)
             current = record()
             if current is not None:
                 current.sending(node.name, waited_s=time.perf_counter() - asked)
             try:
-                response = await self._clients[node.name].open_stream(path, raw, headers)
+                response = await self._opening(node.name, request)
             except BaseException as exc:
                 self._scheduler.release(node, model_id)
                 if not isinstance(exc, NeuronUnreachable):
@@ -101,6 +119,8 @@ class Proxy:
                 last_error = exc
                 continue
             upstream = Upstream(node, model_id, response, self._scheduler)
+            self._open.setdefault(node.name, set()).add(upstream)
+            upstream.on_close.append(lambda done: self._open[done.node.name].discard(done))
             if current is not None:
                 current.answered()
             if response.status == 200:
@@ -115,30 +135,86 @@ class Proxy:
                 last_error = error
                 continue
             raise error
+        if isinstance(last_error, NeuronUnreachable):
+            # Every node tried is gone for now (a restart, a reboot): the client should
+            # come back shortly, not take it as the server's own failure.
+            raise Unavailable(
+                f"No node can serve '{model_id}' right now ({last_error.message}); retry shortly.",
+                retry_after_s=2,
+            )
         raise last_error or ModelRecovering(model_id)
 
-    async def open_stream_after_load(
-        self,
-        path: str,
-        model_id: str,
-        raw: bytes,
-        headers: dict[str, str],
-        session: str | None,
-        renderer: Renderer,
-    ) -> Response:
-        """A stream for a model that must load first. A load that ends (or fails) within
-        one keep-alive period answers like any request, status code included; a longer
-        one starts the stream with SSE comments every period, so neither the client nor
-        a proxy between times out, then the tokens flow."""
-        opening = asyncio.ensure_future(self.open(path, model_id, raw, headers, session))
+    async def _opening(self, name: str, request: UpstreamRequest) -> UpstreamResponse:
+        """The node's response headers; a node cut meanwhile makes it unreachable."""
+        opening = asyncio.ensure_future(
+            self._clients[name].open_stream(request.path, request.body, request.headers)
+        )
+        pending = self._pending.setdefault(name, set())
+        pending.add(opening)
+        try:
+            return await opening
+        except asyncio.CancelledError:
+            if opening in self._cut:
+                raise NeuronUnreachable(f"node '{name}' went down before it answered") from None
+            raise
+        finally:
+            pending.discard(opening)
+            self._cut.discard(opening)
+
+    def cut_node(self, name: str) -> None:
+        """The node went down (the poller says so): end every answer still awaited or
+        read from it, so its clients get an error now rather than wait on a frozen host."""
+        for opening in list(self._pending.get(name, ())):
+            self._cut.add(opening)
+            opening.cancel()
+        for upstream in list(self._open.get(name, ())):
+            log.warning("node=%s down: ending its answer in flight", name)
+            # wakes a reader waiting on the body (closing alone leaves a read() pending)
+            upstream.response.content.set_exception(
+                aiohttp.ClientConnectionError(f"node '{name}' went down")
+            )
+            upstream.response.close()
+
+    async def fetch(self, request: UpstreamRequest) -> tuple[Node, bytes]:
+        """A non-streamed answer: the node that served it, and the body."""
+        upstream = await self.open(request)
+        try:
+            body = await upstream.response.read()
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"node '{upstream.node.name}' failed mid-response: {exc}") from exc
+        finally:
+            upstream.close()
+        current = record()
+        if current is not None:
+            current.answered()
+            current.apply_report(parse_report(upstream.response.headers.get(REPORT_HEADER)))
+        return upstream.node, body
+
+    async def stream(self, request: UpstreamRequest, renderer: Renderer, *, cold: bool) -> Response:
+        """The client's stream, rendered by ``renderer``.
+
+        ``cold``: no node holds the model, so it loads first. A load that ends (or
+        fails) within one keep-alive period answers like any request, status code
+        included; a longer one starts the stream with SSE comments every period, so
+        neither the client nor a proxy between times out, then the tokens flow."""
+        if not cold:
+            return self._response(await self.open(request), renderer)
+        opening = asyncio.ensure_future(self.open(request))
         try:
             await asyncio.wait({opening}, timeout=self._keepalive_s)
         except BaseException:
             _abandon(opening)
             raise
         if opening.done():
-            return self.stream(opening.result(), renderer)
-        return _LoadingStream(opening, self._after_load(opening, model_id, renderer))
+            return self._response(opening.result(), renderer)
+        return _LoadingStream(opening, self._after_load(opening, request.model_id, renderer))
+
+    def _response(self, upstream: Upstream, renderer: Renderer) -> StreamingResponse:
+        return StreamingResponse(
+            self._relay(upstream, renderer),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, "x-cortex-node": upstream.node.name},
+        )
 
     async def _after_load(
         self, opening: asyncio.Future[Upstream], model_id: str, renderer: Renderer
@@ -152,73 +228,46 @@ class Proxy:
         except CortexError as error:
             yield renderer.error(error)
             return
-        async for frame in self._render(upstream, renderer):
+        async for frame in self._relay(upstream, renderer):
             yield frame
 
-    async def read(self, upstream: Upstream) -> bytes:
-        """The whole body of a non-streamed answer."""
-        try:
-            body = await upstream.response.read()
-            current = record()
-            if current is not None:
-                current.answered()
-                current.apply_report(parse_report(upstream.response.headers.get(REPORT_HEADER)))
-            return body
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"node '{upstream.node.name}' failed mid-response: {exc}") from exc
-        finally:
-            upstream.close()
-
-    async def fetch(
-        self,
-        path: str,
-        model_id: str,
-        raw: bytes,
-        headers: dict[str, str],
-        session: str | None = None,
-    ) -> tuple[Node, bytes]:
-        """A non-streamed answer: the node that served it, and the body."""
-        upstream = await self.open(path, model_id, raw, headers, session)
-        return upstream.node, await self.read(upstream)
-
-    def stream(self, upstream: Upstream, renderer: Renderer) -> StreamingResponse:
-        return StreamingResponse(
-            self._render(upstream, renderer),
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, "x-cortex-node": upstream.node.name},
-        )
-
-    def _render(self, upstream: Upstream, renderer: Renderer) -> AsyncIterator[bytes]:
+    async def _relay(self, upstream: Upstream, renderer: Renderer) -> AsyncIterator[bytes]:
+        """The one loop over a stream: each upstream event, rendered, as it arrives. A node
+        that cuts the stream (or sends what cannot be rendered) ends it with an error event."""
         prompt_tokens = upstream.response.headers.get(PROMPT_TOKENS_HEADER, "0")
-        count = int(prompt_tokens) if prompt_tokens.isdigit() else 0
-        return renderer.frames(count, self._chunks(upstream))
-
-    async def _chunks(self, upstream: Upstream) -> AsyncIterator[bytes]:
-        """The upstream's bytes as they arrive; ``UpstreamError`` when the node cuts it."""
-        tail = b""
+        renderer.start(int(prompt_tokens) if prompt_tokens.isdigit() else 0)
+        ended = False  # a neuron ends every stream with [DONE] or an error event
         try:
-            async for data in upstream.response.content.iter_any():
-                tail = (tail + data)[-_TAIL_BYTES:]
-                if tail.endswith(_DONE):  # before the renderer, which may stop reading here
-                    _note_report(tail)
-                yield data
-            # A neuron ends every stream with [DONE] or an error frame; anything else is a cut.
-            if not tail.endswith(_DONE) and _ERROR_FRAME not in tail:
+            stream = aiter(events(upstream.response.content.iter_any()))
+            while True:
+                try:
+                    async with asyncio.timeout(self._idle_timeout_s):  # a frozen node
+                        event = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                if is_report(event):  # token counts and TTFT, just before [DONE]
+                    _note_report(event)
+                    continue  # ours, not the client's
+                ended = ended or event == DONE or event.startswith(_ERROR_EVENT)
+                if rendered := renderer.event(event):
+                    yield rendered
+            if not ended:
                 raise aiohttp.ClientPayloadError("stream ended before [DONE]")
         except (aiohttp.ClientError, TimeoutError) as exc:
             node = upstream.node.name
             log.warning("node=%s stream cut: %s", node, exc)
             self._poller.poke()
-            raise UpstreamError(
-                f"node '{node}' failed mid-stream: {exc.__class__.__name__}"
-            ) from exc
+            cut = UpstreamError(f"node '{node}' failed mid-stream: {exc.__class__.__name__}")
+            yield renderer.error(cut)
+        except CortexError as error:
+            yield renderer.error(error)
         finally:
             upstream.close()
 
 
-def _note_report(tail: bytes) -> None:
-    """The neuron's report (token counts, TTFT), sent just before ``[DONE]``, on the record."""
-    report, current = parse_report(tail), record()
+def _note_report(event: bytes) -> None:
+    """The neuron's report (token counts, TTFT) on the request's record."""
+    report, current = parse_report(event), record()
     if report and current is not None:
         current.apply_report(report)
 

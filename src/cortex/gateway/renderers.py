@@ -1,52 +1,53 @@
 """How a neuron's OpenAI stream reaches a client, per dialect.
 
-The proxy hands a renderer the upstream response and its raw byte chunks (which
-raise ``UpstreamError`` when the node cuts the stream); the renderer yields what
-the client's SDK expects, ending with that dialect's error event on a failure.
+The proxy owns the one loop over a stream: it reads the upstream's SSE events and
+hands each to the request's renderer, which returns what the client's SDK expects
+for it (often nothing yet), and ends the stream with the dialect's error event when
+the node fails.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from cortex.errors import CortexError, UpstreamError
 from cortex.protocol.errors import anthropic_error_body, openai_error_body
-from cortex.protocol.sse import PROMPT_TOKENS_HEADER, data_frame, data_payloads, event_frame
-from cortex.translate.streams import StreamTranslator, anthropic_sse
-
-__all__ = ["PROMPT_TOKENS_HEADER", "AnthropicRenderer", "OpenAIRenderer", "Renderer"]
+from cortex.protocol.sse import data_frame, data_of, event_frame
+from cortex.translate.streams import StreamTranslator, encode_event
 
 
 class Renderer(Protocol):
-    def frames(self, prompt_tokens: int, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        """The client's stream, from the upstream's raw chunks."""
+    def start(self, prompt_tokens: int) -> None:
+        """The upstream answered; its prompt is ``prompt_tokens`` long."""
+        ...
+
+    def event(self, event: bytes) -> bytes:
+        """The client's bytes for one upstream SSE event (blank line included)."""
         ...
 
     def error(self, error: CortexError) -> bytes:
-        """One frame that ends a stream with ``error``."""
+        """What ends the client's stream with ``error``."""
         ...
 
 
 class OpenAIRenderer:
-    """Pass-through: the neuron already speaks the client's dialect."""
+    """Pass-through: the neuron already speaks the client's dialect. Holds no state,
+    so one serves every request."""
 
-    async def frames(
-        self, prompt_tokens: int, chunks: AsyncIterable[bytes]
-    ) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chunks:
-                yield chunk
-        except UpstreamError as error:
-            yield self.error(error)
+    def start(self, prompt_tokens: int) -> None:
+        pass
+
+    def event(self, event: bytes) -> bytes:
+        return event
 
     def error(self, error: CortexError) -> bytes:
         return data_frame(json.dumps(openai_error_body(error)).encode())
 
 
 class AnthropicRenderer:
-    """OpenAI chunks in, Anthropic Messages events out."""
+    """OpenAI chunks in, Anthropic Messages events out; one per request."""
 
     def __init__(
         self, client_model: str, stop_sequences: Sequence[str], max_tokens: int | None = None
@@ -54,22 +55,38 @@ class AnthropicRenderer:
         self._model = client_model
         self._stops = stop_sequences
         self._max_tokens = max_tokens
+        self._translator: StreamTranslator | None = None
 
-    def frames(self, prompt_tokens: int, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-        translator = StreamTranslator(
+    def start(self, prompt_tokens: int) -> None:
+        self._translator = StreamTranslator(
             model=self._model,
             input_tokens=prompt_tokens,
             stop_sequences=self._stops,
             max_tokens=self._max_tokens,
         )
-        return anthropic_sse(_decoded(chunks), translator)
+
+    def event(self, event: bytes) -> bytes:
+        assert self._translator is not None, "start() first"
+        payload = data_of(event)
+        if payload is None:  # a comment: the neuron's report
+            return b""
+        if payload == b"[DONE]":
+            events = self._translator.finish()
+        else:
+            events = self._translator.feed(_chunk(payload))
+        return b"".join(encode_event(e) for e in events)
 
     def error(self, error: CortexError) -> bytes:
-        return event_frame("error", json.dumps(anthropic_error_body(error)).encode())
+        if self._translator is None:  # failed before the upstream answered
+            return event_frame("error", json.dumps(anthropic_error_body(error)).encode())
+        return b"".join(encode_event(e) for e in self._translator.fail(error))
 
 
-async def _decoded(chunks: AsyncIterable[bytes]) -> AsyncIterator[dict[str, Any]]:
-    async for payload in data_payloads(chunks):
-        if payload == b"[DONE]":
-            return
-        yield json.loads(payload)
+def _chunk(payload: bytes) -> dict[str, Any]:
+    try:
+        chunk = json.loads(payload)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, dict):
+        raise UpstreamError("The node sent a stream event that is not a JSON object.")
+    return chunk

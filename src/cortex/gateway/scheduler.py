@@ -8,6 +8,11 @@ goes and what is evicted for it are decided by the pure functions of
 Every decision and the bookkeeping that protects it (reserved memory, models
 marked as leaving, requests counted as active) happen without an ``await`` in
 between, so on one event loop two decisions never see the same free memory.
+That bookkeeping on ``Node`` is this module's to write; what the neurons answer
+goes into the fleet through ``Fleet.record_*``.
+
+Only usable nodes (up, and speaking this gateway's contract) are routed to,
+asked for estimates or placed on.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from cortex.config import EvictionSection
@@ -32,11 +37,12 @@ from cortex.errors import (
 )
 from cortex.gateway.affinity import AffinityTable
 from cortex.gateway.catalogue import Catalogue
-from cortex.gateway.fleet import Fleet, ModelPhase, Node
+from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable
 from cortex.gateway.placement import LoadPlan, NoRoom, idle_models, plan_defrag, plan_load
 from cortex.gateway.rooms import rooms_of
+from cortex.protocol.neuron import EstimateDetail, ModelState
 from cortex.spec import ModelSpec
 
 log = logging.getLogger("cortex.gateway.scheduler")
@@ -49,7 +55,7 @@ class Scheduler:
         self,
         fleet: Fleet,
         catalogue: Catalogue,
-        clients: dict[str, NeuronClient],
+        clients: Mapping[str, NeuronClient],
         eviction: EvictionSection,
         metrics: GatewayMetrics,
         refresh: Refresh,
@@ -63,7 +69,8 @@ class Scheduler:
         self._loads: dict[str, asyncio.Task[Node]] = {}
         self._waiting: dict[str, int] = {}
         self._affinity = AffinityTable()
-        self.estimates: dict[str, dict[str, Any]] = {}
+        self.estimates: dict[str, int] = {}  # MB per model id, known or asked once
+        self._estimate_detail: dict[str, EstimateDetail] = {}  # where a neuron gave one
         self.eviction_cycles = 0
         self._background: set[asyncio.Task[Any]] = set()
 
@@ -138,9 +145,9 @@ class Scheduler:
         self._metrics.queue_depth.labels(model_id).set(count)
 
     def _raise_if_recovering(self, model_id: str, exclude: frozenset[str]) -> None:
-        faulted = (ModelPhase.POISONED, ModelPhase.RECOVERING)
-        for node in self._fleet.nodes.values():
-            if node.up and node.name not in exclude and node.phase(model_id) in faulted:
+        faulted = (ModelState.POISONED, ModelState.RECOVERING)
+        for node in self._fleet.usable():
+            if node.name not in exclude and node.phase(model_id) in faulted:
                 raise ModelRecovering(model_id)
 
     # -- operator actions ----------------------------------------------------------
@@ -194,7 +201,7 @@ class Scheduler:
             try:
                 for victim in plan.evict:
                     await self._unload(node, victim, reason="capacity")
-                status = await self._clients[node.name].load(profile.model_dump())
+                status = await self._clients[node.name].load(profile)
             except (InsufficientMemory, NeuronUnreachable) as exc:
                 # our picture of that node was wrong or it went away: try the next best
                 self._metrics.loads.labels(profile.id, node.name, "error").inc()
@@ -257,29 +264,24 @@ class Scheduler:
     def _eligible(
         self, profile: ModelSpec, excluded: set[str] | frozenset[str], only: str | None
     ) -> list[Node]:
-        """Up nodes the profile's affinity allows, minus ``excluded``, or just ``only``."""
+        """Usable nodes the profile's affinity allows, minus ``excluded``, or just ``only``."""
         return [
             node
-            for node in self._fleet.nodes.values()
-            if node.up
-            and node.name not in excluded
+            for node in self._fleet.usable()
+            if node.name not in excluded
             and (only is None or node.name == only)
             and (not profile.nodes or node.name in profile.nodes)
         ]
 
     def _no_room_error(self, profile: ModelSpec, answer: NoRoom) -> CortexError:
         where = f" on {answer.largest_slot_node}" if answer.largest_slot_node else ""
-        estimate = self.estimates.get(profile.id, {})
-        parts = ", ".join(
-            f"{name} {estimate[key]} MB"
-            for name, key in (
-                ("weights", "weights_mb"),
-                ("KV cache", "kv_cache_mb"),
-                ("overhead", "overhead_mb"),
-            )
-            if key in estimate
+        known = self._estimate_detail.get(profile.id)
+        detail = (
+            f" (weights {known.weights_mb} MB, KV cache {known.kv_cache_mb} MB, "
+            f"overhead {known.overhead_mb} MB)"
+            if known
+            else ""
         )
-        detail = f" ({parts})" if parts else ""
         if answer.transient:
             return Unavailable(
                 f"The model '{profile.id}' needs about {answer.need_mb} MB{detail}; that much "
@@ -296,23 +298,23 @@ class Scheduler:
     async def _need_mb(self, profile: ModelSpec, exclude: frozenset[str], only: str | None) -> int:
         """The profile's memory estimate in MB, read from the model's files once by a neuron."""
         if profile.memory_mb is not None:
-            self.estimates.setdefault(profile.id, {"memory_mb": profile.memory_mb})
+            self.estimates.setdefault(profile.id, profile.memory_mb)
             return profile.memory_mb
         known = self.estimates.get(profile.id)
         if known is not None:
-            return int(known["memory_mb"])
+            return known
         askable = self._eligible(profile, exclude, only)
         last_error: CortexError | None = None
         for node in sorted(askable, key=Node.load):
             try:
-                answer = await self._clients[node.name].estimate(profile.model_dump())
+                answer = await self._clients[node.name].estimate(profile)
             except NeuronUnreachable as exc:
                 last_error = exc
                 continue
-            estimate = {"memory_mb": int(answer["memory_mb"]), **(answer.get("estimate") or {})}
-            self.estimates[profile.id] = estimate
-            log.info("estimate model=%s memory_mb=%d", profile.id, estimate["memory_mb"])
-            return estimate["memory_mb"]
+            self.estimates[profile.id] = answer.memory_mb
+            self._estimate_detail[profile.id] = answer.estimate
+            log.info("estimate model=%s memory_mb=%d", profile.id, answer.memory_mb)
+            return answer.memory_mb
         raise last_error or Unavailable(
             f"No reachable node may load '{profile.id}'.", retry_after_s=5
         )
@@ -325,8 +327,7 @@ class Scheduler:
             pass  # already gone: the goal is reached
         finally:
             node.leaving.discard(model_id)
-        node.models.pop(model_id, None)
-        node.routed_at.pop(model_id, None)
+        self._fleet.record_unloaded(node.name, model_id)
         if reason is not None:
             self._metrics.evictions.labels(model_id, node.name, reason).inc()
         log.info("unloaded model=%s node=%s reason=%s", model_id, node.name, reason or "operator")
@@ -347,9 +348,10 @@ class Scheduler:
                 log.warning("idle unload failed: %s", exc.message)
 
     async def unload_idle(self) -> None:
-        up = [node for node in self._fleet.nodes.values() if node.up]
         found = idle_models(
-            rooms_of(up, self._catalogue.profiles), time.time(), self._eviction.idle_unload_after_s
+            rooms_of(self._fleet.usable(), self._catalogue.profiles),
+            time.time(),
+            self._eviction.idle_unload_after_s,
         )
         for idle in found:
             node = self._fleet.nodes[idle.node]
@@ -368,8 +370,7 @@ class Scheduler:
 
     async def defrag(self) -> int:
         """Re-pack idle models so one device's memory is free in one piece; returns moves done."""
-        up = [node for node in self._fleet.nodes.values() if node.up]
-        moves = plan_defrag(rooms_of(up, self._catalogue.profiles))
+        moves = plan_defrag(rooms_of(self._fleet.usable(), self._catalogue.profiles))
         done = 0
         for move in moves:
             profile = self._catalogue.profiles[move.model_id]  # movable means it has one

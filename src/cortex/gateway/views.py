@@ -7,33 +7,38 @@ import time
 from typing import Any
 
 from cortex.gateway.state import GatewayState
+from cortex.protocol.fleet import CatalogueEntry, Placement
 
 
-def model_entries(state: GatewayState) -> list[dict[str, Any]]:
+def catalogue_entries(state: GatewayState) -> list[CatalogueEntry]:
     fleet, catalogue, scheduler = state.fleet, state.catalogue, state.scheduler
     entries = []
     for model_id in catalogue.ids(fleet.loaded_ids()):
         profile = catalogue.profiles.get(model_id)
-        estimate = scheduler.estimates.get(model_id)
         entries.append(
-            {
-                "id": model_id,
-                "source": profile.source if profile else None,
-                "aliases": profile.aliases if profile else [],
-                "pinned": bool(profile and profile.pinned),
-                "priority": profile.priority if profile else None,
-                "context_length": profile.context_length if profile else None,
-                "nodes_allowed": profile.nodes if profile else [],
-                "memory_estimate_mb": estimate["memory_mb"] if estimate else None,
-                "loaded_on": fleet.loaded_on(model_id),
-                "placements": [
-                    {"node": node.name, "state": phase.value}
-                    for node in fleet.nodes.values()
-                    if node.up and (phase := node.phase(model_id)) is not None
+            CatalogueEntry(
+                id=model_id,
+                source=profile.source if profile else None,
+                aliases=profile.aliases if profile else [],
+                pinned=bool(profile and profile.pinned),
+                priority=profile.priority if profile else None,
+                context_length=profile.context_length if profile else None,
+                nodes_allowed=profile.nodes if profile else [],
+                memory_estimate_mb=scheduler.estimates.get(model_id),
+                loaded_on=fleet.loaded_on(model_id),
+                placements=[
+                    Placement(node=node.name, state=phase)
+                    for node in fleet.usable()
+                    if (phase := node.phase(model_id)) is not None
                 ],
-            }
+            )
         )
     return entries
+
+
+def model_entries(state: GatewayState) -> list[dict[str, Any]]:
+    """The catalogue as the JSON objects ``/v1/models`` extends."""
+    return [entry.model_dump(mode="json") for entry in catalogue_entries(state)]
 
 
 def anthropic_model_list(entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,10 +11,11 @@ from starlette.middleware import Middleware
 
 from cortex.error_handlers import error_handlers
 from cortex.errors import CortexError
-from cortex.neuron import devices
-from cortex.neuron.manager import ModelManager
+from cortex.neuron.auth import RequireToken
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.routes import DEBUG_ROUTES, ROUTES
+from cortex.neuron.runtime import devices
+from cortex.neuron.runtime.manager import ModelManager
 from cortex.neuron.settings import NeuronSettings
 from cortex.request_ids import RequestIds
 
@@ -61,5 +62,5 @@ def create_app(settings: NeuronSettings) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers=error_handlers(log),
-        middleware=[Middleware(RequestIds)],
+        middleware=[Middleware(RequireToken, token=settings.token), Middleware(RequestIds)],
     )

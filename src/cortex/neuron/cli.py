@@ -47,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--token",
-        default=os.environ.get("NEURON_TOKEN"),
-        help="admin token for load/unload (default: $NEURON_TOKEN)",
+        default=None,
+        help="the token every route but /health needs (visible in ps: prefer --token-file "
+        "or $NEURON_TOKEN)",
+    )
+    serve.add_argument(
+        "--token-file", type=Path, default=None, help="read the token from this file"
     )
     serve.add_argument(
         "--enable-fault-injection", action="store_true", help="mount /debug/fault (testing only)"
@@ -69,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    """--token, else --token-file, else $NEURON_TOKEN (neuron.toml's ``token`` below all)."""
+    if args.token:
+        return args.token
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"--token-file: {exc}") from None
+        if not token:
+            raise ConfigError(f"--token-file: {args.token_file} is empty")
+        return token
+    return os.environ.get("NEURON_TOKEN") or None
+
+
 def load_settings(args: argparse.Namespace) -> NeuronSettings:
     """``neuron.toml`` (when given) with the command-line flags on top."""
     fields: dict = {}
@@ -81,7 +100,7 @@ def load_settings(args: argparse.Namespace) -> NeuronSettings:
         "listen": args.listen,
         "name": args.name,
         "memory_budget_mb": args.memory_budget_mb,
-        "token": args.token or None,
+        "token": _token(args),
         "enable_fault_injection": args.enable_fault_injection,
         "step_deadline_s": args.step_deadline_s,
         "cpu_tp_ranks": args.cpu_tp_ranks,

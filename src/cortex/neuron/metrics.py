@@ -1,4 +1,4 @@
-"""The neuron's Prometheus metrics (names are part of the contract, see interfaces.md)."""
+"""The neuron's Prometheus metrics (names are a contract: README.md, "Watching and healing")."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cortex.protocol.neuron import ModelState
+
 # LLM latencies span milliseconds (a warm small model) to minutes (a long prefill).
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-MODEL_STATES = ("loading", "ready", "poisoned", "recovering")
 
 
 class NeuronMetrics:
@@ -53,6 +54,19 @@ class NeuronMetrics:
             registry=self.registry,
         )
 
+        self.engine_faults = Counter(
+            "neuron_engine_faults",
+            "Engine processes lost, by kind (crash, killed, hang, device_error, ...)",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.engine_restarts = Counter(
+            "neuron_engine_restarts",
+            "Engine processes started again after a fault",
+            ["model"],
+            registry=self.registry,
+        )
+
     def watch_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         """Export ``neuron_model_state{model,state}`` from ``(model, state)`` pairs read
         at scrape time: 1 for the model's state, 0 for the others."""
@@ -70,6 +84,6 @@ class _StateCollector(Collector):
             labels=["model", "state"],
         )
         for model, current in self._states():
-            for state in MODEL_STATES:
-                family.add_metric([model, state], 1.0 if state == current else 0.0)
+            for state in ModelState:
+                family.add_metric([model, state.value], 1.0 if state == current else 0.0)
         yield family

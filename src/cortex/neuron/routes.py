@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-import json
 from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -13,52 +11,65 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from cortex.bodies import MIB, read_body
 from cortex.disconnect import unless_disconnected
-from cortex.errors import AuthenticationFailed, InvalidRequest
-from cortex.neuron import completions as text_completions
-from cortex.neuron import embeddings as text_embeddings
-from cortex.neuron import serving
-from cortex.neuron.manager import ModelManager
-from cortex.neuron.prompting import plan_tools, render_prompt
-from cortex.neuron.settings import NeuronSettings
+from cortex.errors import InvalidRequest
+from cortex.neuron.api import chat as chat_api
+from cortex.neuron.api import completions as text_completions
+from cortex.neuron.api import embeddings as text_embeddings
+from cortex.neuron.api import generation
+from cortex.neuron.api.generation import Prepared
+from cortex.neuron.prompt.render import plan_tools, render_prompt
+from cortex.neuron.runtime.manager import ModelManager
 from cortex.protocol import openai as oa
+from cortex.protocol.neuron import (
+    EstimateAnswer,
+    EstimateDetail,
+    FaultAnswer,
+    FaultRequest,
+    GenerationReport,
+    Health,
+    ModelList,
+    NodeStatus,
+    TokenCount,
+    UnloadAnswer,
+    UnloadRequest,
+)
 from cortex.protocol.parsing import parse_body, parse_json, parse_model
-from cortex.protocol.sse import PROMPT_TOKENS_HEADER, REPORT_HEADER
+from cortex.protocol.sse import PROMPT_TOKENS_HEADER, REPORT_HEADER, SSE_HEADERS
 from cortex.spec import ModelSpec
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _manager(request: Request) -> ModelManager:
     return request.app.state.manager
 
 
-def _require_admin(request: Request) -> None:
-    settings: NeuronSettings = request.app.state.settings
-    if settings.token is None:
-        return
-    supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(supplied.encode(), settings.token.encode()):
-        raise AuthenticationFailed("This route needs the neuron's admin token as a Bearer token.")
+async def _body(request: Request) -> bytes:
+    return await read_body(request, request.app.state.settings.max_body_mb * MIB)
+
+
+def _wire(answer: BaseModel, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer serialised by its ``protocol.neuron`` type."""
+    return Response(answer.model_dump_json(), media_type="application/json", headers=headers)
 
 
 async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return _wire(Health())
 
 
 async def status(request: Request) -> Response:
     manager = _manager(request)
-    return JSONResponse(
-        {
-            "node": request.app.state.settings.name,
-            "devices": manager.devices_status(),
-            "models": [model.status() for model in manager.models()],
-        }
+    return _wire(
+        NodeStatus(
+            node=request.app.state.settings.name,
+            devices=manager.devices_status(),
+            models=[model.status() for model in manager.models()],
+        )
     )
 
 
 async def list_models(request: Request) -> Response:
-    return JSONResponse({"models": [model.status() for model in _manager(request).models()]})
+    return _wire(ModelList(models=[model.status() for model in _manager(request).models()]))
 
 
 async def openai_models(request: Request) -> Response:
@@ -70,39 +81,29 @@ async def openai_models(request: Request) -> Response:
 
 
 async def load_model(request: Request) -> Response:
-    _require_admin(request)
-    spec = parse_body(ModelSpec, await request.body())
+    spec = parse_body(ModelSpec, await _body(request))
     model = await _manager(request).load(spec)
-    return JSONResponse(model.status())
+    return _wire(model.status())
 
 
 async def estimate_model(request: Request) -> Response:
-    _require_admin(request)
-    spec = parse_body(ModelSpec, await request.body())
+    spec = parse_body(ModelSpec, await _body(request))
     estimate = await _manager(request).estimate(spec)
-    return JSONResponse(
-        {"id": spec.id, "memory_mb": estimate.total_mb, "estimate": estimate.as_dict()}
-    )
+    detail = EstimateDetail.model_validate(estimate.as_dict())
+    return _wire(EstimateAnswer(id=spec.id, memory_mb=estimate.total_mb, estimate=detail))
 
 
 async def unload_model(request: Request) -> Response:
-    _require_admin(request)
-    body = parse_json(await request.body())
-    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-        raise InvalidRequest('Expected {"id": "<model id>"}', param="id")
-    await _manager(request).unload(body["id"])
-    return JSONResponse({"id": body["id"], "unloaded": True})
+    body = parse_body(UnloadRequest, await _body(request))
+    await _manager(request).unload(body.id)
+    return _wire(UnloadAnswer(id=body.id))
 
 
 async def inject_fault(request: Request) -> Response:
     """Testing only (``--enable-fault-injection``): the model's next step hits the fault."""
-    _require_admin(request)
-    body = parse_json(await request.body())
-    fields = ("model", "kind")
-    if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in fields):
-        raise InvalidRequest('Expected {"model": "<model id>", "kind": "<fault kind>"}')
-    await _manager(request).inject_fault(body["model"], body["kind"])
-    return JSONResponse({"model": body["model"], "kind": body["kind"], "armed": True})
+    body = parse_body(FaultRequest, await _body(request))
+    await _manager(request).inject_fault(body.model, body.kind)
+    return _wire(FaultAnswer(model=body.model, kind=body.kind))
 
 
 async def metrics(request: Request) -> Response:
@@ -111,11 +112,10 @@ async def metrics(request: Request) -> Response:
 
 
 async def tokenize(request: Request) -> Response:
-    body = parse_json(await request.body())
+    body = parse_json(await _body(request))
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         raise InvalidRequest("Expected a JSON object with a 'model'", param="model")
     model = _manager(request).ready(body["model"])
-    assert model.engine is not None
     if "messages" in body:
         chat = parse_model(oa.ChatCompletionRequest, body)
         plan = plan_tools(chat, model.engine.info.chat_template)
@@ -126,10 +126,10 @@ async def tokenize(request: Request) -> Response:
         raise InvalidRequest(
             "Send 'messages' (chat) or 'prompt' (text) to count.", param="messages"
         )
-    return JSONResponse({"count": len(model.engine.tokenize_prompt(text))})
+    return _wire(TokenCount(count=len(await generation.tokenize(model, text))))
 
 
-def _event_stream(frames: AsyncIterator[bytes], prepared: serving.Prepared) -> Response:
+def _event_stream(frames: AsyncIterator[bytes], prepared: Prepared) -> Response:
     return StreamingResponse(
         frames,
         media_type="text/event-stream",
@@ -139,13 +139,9 @@ def _event_stream(frames: AsyncIterator[bytes], prepared: serving.Prepared) -> R
     )
 
 
-def _answer(completion: BaseModel, prepared: serving.Prepared) -> Response:
-    report = json.dumps(prepared.report(), separators=(",", ":"))
-    return Response(
-        completion.model_dump_json(),
-        media_type="application/json",
-        headers={REPORT_HEADER: report},
-    )
+def _answer(completion: BaseModel, prepared: Prepared) -> Response:
+    report = GenerationReport.model_validate(prepared.report()).model_dump_json()
+    return _wire(completion, headers={REPORT_HEADER: report})
 
 
 def _wants_usage(body: oa.SamplingFields) -> bool:
@@ -153,20 +149,20 @@ def _wants_usage(body: oa.SamplingFields) -> bool:
 
 
 async def chat_completions(request: Request) -> Response:
-    chat = parse_body(oa.ChatCompletionRequest, await request.body())
+    chat = parse_body(oa.ChatCompletionRequest, await _body(request))
     model = _manager(request).ready(chat.model)
-    prepared = await serving.prepare_chat(model, chat)
+    prepared = await chat_api.prepare_chat(model, chat)
     if chat.stream:
-        return _event_stream(serving.stream(model, prepared, _wants_usage(chat)), prepared)
+        return _event_stream(chat_api.stream(model, prepared, _wants_usage(chat)), prepared)
     try:
-        completion = await unless_disconnected(request, serving.complete(model, prepared))
+        completion = await unless_disconnected(request, chat_api.complete(model, prepared))
     finally:
         prepared.release()  # also when cancelled before generation began
     return _answer(completion, prepared)
 
 
 async def completions(request: Request) -> Response:
-    body = parse_body(oa.CompletionRequest, await request.body())
+    body = parse_body(oa.CompletionRequest, await _body(request))
     model = _manager(request).ready(body.model)
     prepared = await text_completions.prepare_completion(model, body)
     if body.stream:
@@ -181,7 +177,7 @@ async def completions(request: Request) -> Response:
 
 
 async def embeddings(request: Request) -> Response:
-    body = parse_body(oa.EmbeddingRequest, await request.body())
+    body = parse_body(oa.EmbeddingRequest, await _body(request))
     manager = _manager(request)
     model = manager.ready(body.model)
     job = await text_embeddings.prepare_embeddings(model, body)

@@ -19,3 +19,4 @@ class NeuronSettings(BaseModel):
     step_deadline_s: float = Field(default=60.0, gt=0)
     cpu_tp_ranks: int = Field(default=1, ge=1)
     load: list[ModelSpec] = Field(default_factory=list)
+    max_body_mb: int = Field(default=32, ge=1)  # request bodies past this are a 413

@@ -11,7 +11,14 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 
 class _Tolerant(BaseModel):
@@ -35,6 +42,16 @@ class ChatMessage(_Tolerant):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> ChatMessage:
+        # As OpenAI answers them: 400s, never a TypeError deep in prompt rendering.
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs its 'tool_call_id'")
+        for index, part in enumerate(self.content if isinstance(self.content, list) else []):
+            if part.get("type") == "text" and not isinstance(part.get("text"), str):
+                raise ValueError(f"content[{index}].text must be a string")
+        return self
 
     def text(self) -> str:
         """The message's text; content parts other than text are refused by the engine."""
@@ -67,7 +84,8 @@ class SamplingFields(_Tolerant):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=0)
+    # strict: "12" is refused as OpenAI refuses it, not quietly read as 12
+    max_tokens: int | None = Field(default=None, ge=0, strict=True)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
@@ -77,8 +95,9 @@ class SamplingFields(_Tolerant):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     repetition_penalty: float | None = Field(default=None, gt=0)
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, strict=True)
     user: str | None = None
+    logit_bias: dict[str, float] | None = None  # refused at the engine: not supported
 
     @field_validator("stop")
     @classmethod
@@ -96,7 +115,7 @@ class SamplingFields(_Tolerant):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, ge=0, strict=True)
     tools: list[ToolDefinition] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None

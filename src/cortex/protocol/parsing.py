@@ -29,6 +29,8 @@ def parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError:  # Python's parser recurses per level of nesting
+        raise InvalidRequest("The request body is nested too deeply.") from None
 
 
 def parse_model(model_type: type[M], data: Any) -> M:
@@ -39,6 +41,8 @@ def parse_model(model_type: type[M], data: Any) -> M:
     except ValidationError as exc:
         message, param = describe_validation_error(exc)
         raise InvalidRequest(f"Invalid request: {message}", param=param) from exc
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.") from None
 
 
 def parse_body(model_type: type[M], raw: bytes) -> M:

@@ -10,6 +10,8 @@ from pydantic import BaseModel
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keep-alive\n\n"
+# Response headers of every stream: no proxy between may cache it or hold it back.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # A neuron's stream carries its prompt's token count in this header, known before the
 # first token: dialects that report input tokens first (Anthropic's message_start) need it.
 PROMPT_TOKENS_HEADER = "x-cortex-prompt-tokens"
@@ -22,6 +24,10 @@ _REPORT_COMMENT = b": cortex-report "
 
 def report_frame(report: dict[str, float | int | None]) -> bytes:
     return _REPORT_COMMENT + json.dumps(report, separators=(",", ":")).encode() + b"\n\n"
+
+
+def is_report(event: bytes) -> bool:
+    return event.startswith(_REPORT_COMMENT)
 
 
 def parse_report(text: bytes | str | None) -> dict[str, Any]:
@@ -50,13 +56,21 @@ def event_frame(event: str, payload: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"
 
 
-async def data_payloads(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """The ``data:`` payload of each event in a byte stream, whatever its chunking."""
-    buffer = b""
+async def events(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Each whole event of a byte stream (its blank line included), whatever the
+    chunking; bytes after the last blank line are no event."""
+    buffer, scan = b"", 0
     async for chunk in chunks:
         buffer += chunk
-        while (end := buffer.find(b"\n\n")) >= 0:
-            event, buffer = buffer[:end], buffer[end + 2 :]
-            lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line[:5] == b"data:"]
-            if lines:
-                yield b"\n".join(lines)
+        start = 0
+        while (end := buffer.find(b"\n\n", scan)) >= 0:
+            yield buffer[start : end + 2]
+            start = scan = end + 2
+        buffer = buffer[start:]
+        scan = max(0, len(buffer) - 1)  # a blank line may straddle two chunks
+
+
+def data_of(event: bytes) -> bytes | None:
+    """The ``data:`` payload of one event; ``None`` for a comment (or an event without data)."""
+    lines = [line[5:].lstrip(b" ") for line in event.split(b"\n") if line[:5] == b"data:"]
+    return b"\n".join(lines) if lines else None

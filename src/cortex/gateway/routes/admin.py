@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cortex.errors import InvalidRequest
 from cortex.gateway.state import state_of
-from cortex.gateway.views import model_entries
+from cortex.gateway.views import catalogue_entries
+from cortex.protocol.fleet import EvictionView, FleetModel, FleetView
 from cortex.protocol.parsing import parse_json
 
 
@@ -22,26 +25,42 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "nodes_up": up, "nodes": len(fleet.nodes)})
 
 
+async def ready(request: Request) -> Response:
+    """Readiness, for load balancers and orchestrators: 200 once some usable node has a
+    model ready to serve, else 503 (``/health`` stays plain liveness)."""
+    fleet = state_of(request).fleet
+    serving = sorted(
+        {m.id for n in fleet.nodes.values() if n.usable for m in n.models.values()
+         if m.state == "ready"}
+    )  # fmt: skip
+    if serving:
+        return JSONResponse({"status": "ready", "models": serving})
+    return JSONResponse(
+        {"status": "not ready", "reason": "no node is up with a model ready"},
+        status_code=503,
+        headers={"Retry-After": "2"},
+    )
+
+
 async def fleet_view(request: Request) -> Response:
     state = state_of(request)
     state.keys.check(request)
     eviction = state.config.eviction
-    models = model_entries(state)
-    for entry in models:
-        entry["requests_last_min"] = state.recent.rate_per_min(entry["id"])
-    return JSONResponse(
-        {
-            "nodes": [node.view() for node in state.fleet.nodes.values()],
-            "models": models,
-            "requests_last_min": state.recent.rate_per_min(),
-            "eviction": {
-                "strategy": eviction.strategy,
-                "idle_unload_after_s": eviction.idle_unload_after_s,
-                "defrag_after_cycles": eviction.defrag_after_cycles,
-                "cycles": state.scheduler.eviction_cycles,
-            },
-        }
+    view = FleetView(
+        nodes=[node.view() for node in state.fleet.nodes.values()],
+        models=[
+            FleetModel(**dict(entry), requests_last_min=state.recent.rate_per_min(entry.id))
+            for entry in catalogue_entries(state)
+        ],
+        requests_last_min=state.recent.rate_per_min(),
+        eviction=EvictionView(
+            strategy=eviction.strategy,
+            idle_unload_after_s=eviction.idle_unload_after_s,
+            defrag_after_cycles=eviction.defrag_after_cycles,
+            cycles=state.scheduler.eviction_cycles,
+        ),
     )
+    return Response(view.model_dump_json(), media_type="application/json")
 
 
 async def fleet_stats(request: Request) -> Response:
@@ -51,10 +70,13 @@ async def fleet_stats(request: Request) -> Response:
     state = state_of(request)
     state.keys.check(request)
     try:
-        span_s = min(900.0, float(request.query_params.get("span_s", 600)))
-        step_s = max(1.0, float(request.query_params.get("step_s", 10)))
+        span_s = float(request.query_params.get("span_s", 600))
+        step_s = float(request.query_params.get("step_s", 10))
     except ValueError:
-        raise InvalidRequest("span_s and step_s must be numbers of seconds.") from None
+        span_s = step_s = math.nan
+    if not (math.isfinite(span_s) and math.isfinite(step_s)) or span_s <= 0 or step_s <= 0:
+        raise InvalidRequest("span_s and step_s must be positive numbers of seconds.")
+    span_s, step_s = min(900.0, span_s), max(1.0, step_s)
     return JSONResponse(state.recent.series(span_s=span_s, step_s=step_s))
 
 

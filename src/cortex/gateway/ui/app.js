@@ -1,6 +1,8 @@
 // cortex /ui: polls the gateway's GET /fleet and GET /fleet/stats every 2 s and draws
 // the fleet (nodes, devices, models), the catalogue and per-model charts as inline SVG.
 // No build step, no dependencies, nothing fetched from anywhere but this gateway.
+// GET /fleet's shape is protocol/fleet.py (FleetView): every field is always there,
+// null only where the type says so, so nothing here falls back on a missing one.
 "use strict";
 
 (() => {
@@ -116,11 +118,10 @@
   // -- the fleet ------------------------------------------------------------------------
 
   function renderFleet(fleet) {
-    const nodes = fleet.nodes || [];
-    const models = fleet.models || [];
-    const up = nodes.filter((node) => node.up).length;
-    const rate = num(fleet.requests_last_min) ? ` · ${fleet.requests_last_min} requests in the last minute` : "";
-    $("summary").textContent = `${up}/${nodes.length} nodes up${rate}`;
+    const { nodes, models } = fleet;
+    const up = nodes.filter((node) => node.up && node.compatible).length;
+    $("summary").textContent =
+      `${up}/${nodes.length} nodes up · ${fleet.requests_last_min} requests in the last minute`;
 
     const now = Date.now() / 1000;
     $("nodes").replaceChildren(
@@ -132,17 +133,19 @@
   }
 
   function nodeCard(node, now) {
-    const isUp = Boolean(node.up);
-    const why = [node.error, num(node.last_seen) ? `last seen ${ago(now - node.last_seen)}` : null]
-      .filter(Boolean).join(" · ");
-    const models = node.models || [];
-    return h("article", { class: "node", "data-node": node.name, "data-up": String(isUp) },
+    const usable = node.up && node.compatible;
+    // an up node that speaks another contract version is shown, never used: red, like down
+    const status = !node.up ? "down" : node.compatible ? "up" : "incompatible";
+    const seen = !node.up && node.last_seen !== null ? `last seen ${ago(now - node.last_seen)}` : null;
+    const why = [node.error, seen].filter(Boolean).join(" · ");
+    const models = node.models;
+    return h("article", { class: "node", "data-node": node.name, "data-up": String(node.up) },
       h("div", { class: "node-head" },
         h("h3", { class: "node-name", text: node.name }),
-        h("span", { class: `badge node-status ${isUp ? "up" : "down"}`, text: isUp ? "up" : "down" }),
-        h("span", { class: "endpoint", text: node.endpoint || "" })),
-      !isUp && why ? h("p", { class: "node-error", text: why }) : null,
-      (node.devices || []).map((device) => deviceView(device, node)),
+        h("span", { class: `badge node-status ${usable ? "up" : "down"}`, text: status }),
+        h("span", { class: "endpoint", text: node.endpoint })),
+      why ? h("p", { class: "node-error", text: why }) : null,
+      node.devices.map(deviceView),
       models.length
         ? h("div", { class: "table-wrap" }, h("table", { class: "models" },
           h("thead", {}, h("tr", {},
@@ -150,26 +153,21 @@
             h("th", { class: "num", text: "in flight" }), h("th", { class: "num", text: "queued" }),
             h("th", { class: "num", text: "memory" }))),
           h("tbody", {}, models.map((model) => modelRow(model, node.name)))))
-        : h("p", { class: "empty", text: isUp ? "No models loaded." : "" }),
+        : h("p", { class: "empty", text: usable ? "No models loaded." : "" }),
     );
   }
 
-  function deviceView(device, node) {
+  function deviceView(device) {
     const total = device.memory_total_mb;
     const free = device.memory_free_mb;
-    let used = device.memory_used_by_models_mb;
-    if (!num(used)) { // an older neuron: add up what its models on this device hold
-      used = (node.models || [])
-        .filter((m) => (m.devices || []).includes(device.id))
-        .reduce((sum, m) => sum + (num(m.memory_mb) ? m.memory_mb : 0), 0);
-    }
-    const budget = device.memory_budget_mb;
+    const used = device.memory_used_by_models_mb;
+    const budget = device.memory_budget_mb; // null: the node has no budget
     return h("div", { class: "device", "data-device": device.id },
-      h("div", { class: "device-name", text: device.name || device.id || "?" }),
-      num(total) && num(free)
+      h("div", { class: "device-name", text: device.name || device.id }),
+      total > 0
         ? meter("memory", total - free, total, `${Math.round(total - free)} / ${mb(total)}`)
         : h("div", { class: "muted", text: "memory unknown" }),
-      num(budget) && budget > 0
+      budget !== null && budget > 0
         ? meter("budget", used, budget, `${Math.round(used)} / ${mb(budget)} models`)
         : used > 0 ? h("div", { class: "meter-value muted", text: `models ${mb(used)}` }) : null,
     );
@@ -190,28 +188,28 @@
   }
 
   function modelRow(model, nodeName) {
-    const state = String(model.state || "?");
+    const state = model.state;
     return h("tr", { class: "model", "data-model": model.id, "data-node": nodeName, "data-state": state },
       h("td", { class: "model-id", text: model.id }),
       h("td", { class: "model-state" }, stateBadge(state)),
-      h("td", { class: "model-in-flight num", text: model.in_flight || 0 }),
-      h("td", { class: "model-queued num", text: model.queued || 0 }),
+      h("td", { class: "model-in-flight num", text: model.in_flight }),
+      h("td", { class: "model-queued num", text: model.queued }),
       h("td", { class: "model-memory num", text: model.memory_mb ? mb(model.memory_mb) : "" }));
   }
 
   function catalogueRow(model) {
-    const placements = model.placements || [];
+    const placements = model.placements;
     const state = placements.length
       ? placements.map((p) => h("div", {}, stateBadge(p.state), ` on ${p.node}`))
       : h("span", { class: "muted", text: "not loaded" });
     return h("tr", { class: "catalogue-model", "data-model": model.id },
       h("td", { class: "model-id" }, h("strong", { text: model.id })),
       h("td", { class: "model-placements" }, state),
-      h("td", { class: "num model-rate", text: num(model.requests_last_min) ? model.requests_last_min : "–" }),
+      h("td", { class: "num model-rate", text: model.requests_last_min }),
       h("td", { text: model.pinned ? "yes" : "" }),
-      h("td", { class: "num", text: num(model.memory_estimate_mb) ? mb(model.memory_estimate_mb) : "–" }),
+      h("td", { class: "num", text: model.memory_estimate_mb !== null ? mb(model.memory_estimate_mb) : "–" }),
       h("td", { class: "source", text: model.source || "" }),
-      h("td", { text: (model.aliases || []).join(", ") }));
+      h("td", { text: model.aliases.join(", ") }));
   }
 
   // -- the charts -------------------------------------------------------------------

@@ -9,14 +9,14 @@ from cortex.neuron.engines.base import EngineFactory
 
 
 def _llamacpp() -> EngineFactory:
-    from cortex.neuron.engines.llamacpp import LlamaCppEngine
+    from cortex.neuron.engines.llamacpp.engine import LlamaCppEngine
 
     return LlamaCppEngine
 
 
 def _dense() -> EngineFactory:
     try:
-        from cortex.neuron.engines.dense import create_dense_engine
+        from cortex.neuron.engines.dense.engine import create_dense_engine
     except ImportError as exc:
         raise InvalidRequest(
             f"dense safetensors checkpoints need torch and transformers on this node ({exc})"

@@ -1,9 +1,10 @@
 """The engine protocol every inference backend implements, and the types it speaks.
 
-An engine instance belongs to exactly one device worker thread: every method
-below except ``tokenize_prompt`` is only ever called on that thread, so engines hold
-no locks. Requests reach it as ``GenerationRequest`` objects; results leave
-through each request's ``EventSink`` as ``TextChunk`` then one ``Finished``.
+An engine instance lives in an engine process of its own (``runtime/engine_host.py``)
+and belongs to that process's main thread: every method below except
+``tokenize_prompt`` is only ever called on it, so engines hold no locks. Requests
+reach it as ``GenerationRequest`` objects; results leave through each request's
+``EventSink`` as ``TextChunk`` then one ``Finished``.
 Embeddings reach it as ``EmbeddingJob`` objects; their vectors leave through the
 job's future.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Protocol
 
 from cortex.errors import CortexError
-from cortex.neuron.textstream import TextAssembler
+from cortex.neuron.engines.textstream import TextAssembler
 from cortex.spec import ModelSpec
 
 
@@ -48,6 +50,23 @@ class TextChunk:
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 
+class FailureKind(StrEnum):
+    """Why a generation ended in error; each maps to one client-facing answer."""
+
+    FAULT = "fault"  # the engine's state is in doubt: the model reloads, a retry works
+    GRAMMAR = "grammar"  # the request's output grammar could not be compiled: a 400
+    UNLOADED = "unloaded"  # the model was unloaded under the request
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: FailureKind
+    detail: str
+
+
+UNLOADED = Failure(FailureKind.UNLOADED, "model unloaded")
+
+
 @dataclass(frozen=True)
 class Finished:
     reason: FinishReason
@@ -55,7 +74,7 @@ class Finished:
     completion_tokens: int
     cached_tokens: int = 0
     stop_sequence: str | None = None
-    error: str | None = None
+    error: Failure | None = None  # set when ``reason == "error"``
 
 
 Event = TextChunk | Finished
@@ -100,6 +119,32 @@ def emit_generated(
     if generated >= request.max_new_tokens or n_past >= context_length:
         return "length"
     return None
+
+
+def emit_finished(
+    request: GenerationRequest,
+    reason: FinishReason,
+    *,
+    tail: str,
+    text: TextAssembler,
+    completion_tokens: int,
+    cached_tokens: int,
+    error: Failure | None = None,
+) -> None:
+    """How a sequence ends, as every engine reports it: the text still held back
+    (``tail``, only when it ended normally), then one ``Finished``."""
+    if tail and reason in ("stop", "length"):
+        request.sink.put(TextChunk(tail))
+    request.sink.put(
+        Finished(
+            reason,
+            prompt_tokens=len(request.prompt_tokens),
+            completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
+            stop_sequence=text.stop.matched,
+            error=error,
+        )
+    )
 
 
 @dataclass
@@ -155,7 +200,7 @@ class Engine(Protocol):
         Raises at once (a ``CortexError``) when this model cannot embed at all.
         """
 
-    def abort_all(self, reason: str) -> None:
+    def abort_all(self, failure: Failure) -> None:
         """Finish every request and embedding job with an error (the engine is torn down)."""
 
     def close(self) -> None:
@@ -163,4 +208,12 @@ class Engine(Protocol):
 
 
 class EngineFactory(Protocol):
-    def __call__(self, path: Path, spec: ModelSpec, device_id: str, n_threads: int) -> Engine: ...
+    def __call__(
+        self,
+        path: Path,
+        spec: ModelSpec,
+        device_id: str,
+        n_threads: int,
+        *,
+        use_extra_buffer_types: bool = True,
+    ) -> Engine: ...

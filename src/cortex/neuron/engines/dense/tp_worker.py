@@ -49,7 +49,7 @@ def main(
                 if command == "load":
                     params = message[1]
                     _join_group(params.device, rank, world, port, backend, load_timeout_s)
-                    from cortex.neuron.engines.rank_model import RankModel
+                    from cortex.neuron.engines.dense.rank_model import RankModel
 
                     model = RankModel(params)
                     limit_collectives(timedelta(seconds=timeout_s))

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.engines.base import TextChunk
-from cortex.neuron.manager import LoadedModel
-from cortex.neuron.serving import (
+from cortex.neuron.api.generation import (
     FINISH_REASONS,
     Prepared,
     admit,
@@ -19,19 +16,23 @@ from cortex.neuron.serving import (
     finish_error,
     generate,
     sampling_of,
+    tokenize,
 )
+from cortex.neuron.engines.base import TextChunk
+from cortex.neuron.runtime.manager import ServingModel
 from cortex.protocol import openai as oa
 from cortex.protocol.errors import openai_error_body
 from cortex.protocol.sse import DONE, data_frame, report_frame
 
 
-async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) -> Prepared:
+async def prepare_completion(model: ServingModel, request: oa.CompletionRequest) -> Prepared:
     unsupported = {
         "echo": request.echo,
         "suffix": request.suffix,
         "logprobs": request.logprobs,
         "best_of": request.best_of not in (None, 1),
         "n": request.n not in (None, 1),
+        "logit_bias": request.logit_bias,
     }
     for field, value in unsupported.items():
         if value:
@@ -42,9 +43,8 @@ async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) 
             raise InvalidRequest("Send one prompt per request.", param="prompt")
         prompt = prompt[0]
     engine = model.engine
-    assert engine is not None
     if isinstance(prompt, str):
-        tokens = await asyncio.to_thread(engine.tokenize_prompt, prompt)
+        tokens = await tokenize(model, prompt, param="prompt")
     else:
         tokens = [int(t) for t in prompt]
         check_token_ids(tokens, engine.info, "prompt")
@@ -62,7 +62,7 @@ async def prepare_completion(model: LoadedModel, request: oa.CompletionRequest) 
     return admit(model, prepared)
 
 
-async def complete_text(model: LoadedModel, prepared: Prepared) -> oa.Completion:
+async def complete_text(model: ServingModel, prepared: Prepared) -> oa.Completion:
     text, event = await collect(model, prepared)
     reason = FINISH_REASONS[event.reason]
     return oa.Completion(
@@ -75,7 +75,7 @@ async def complete_text(model: LoadedModel, prepared: Prepared) -> oa.Completion
 
 
 async def stream_text(
-    model: LoadedModel, prepared: Prepared, include_usage: bool
+    model: ServingModel, prepared: Prepared, include_usage: bool
 ) -> AsyncIterator[bytes]:
     completion_id, created = oa.completion_id("cmpl"), oa.now()
 

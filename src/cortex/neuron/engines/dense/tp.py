@@ -35,10 +35,10 @@ import torch
 import torch.distributed as dist
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.engines import tp_worker
 from cortex.neuron.engines.base import EngineFault
-from cortex.neuron.engines.rank_model import LoadParams, RankModel
-from cortex.neuron.engines.tp_protocol import combine, drain
+from cortex.neuron.engines.dense import tp_worker
+from cortex.neuron.engines.dense.rank_model import LoadParams, RankModel
+from cortex.neuron.engines.dense.tp_protocol import combine, drain
 
 T = TypeVar("T")
 log = logging.getLogger("cortex.neuron.tp")

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.chat import render_chat
 from cortex.neuron.engines.base import EngineInfo
-from cortex.neuron.toolcalls import ToolFormat, detect_format
+from cortex.neuron.prompt.template import render_chat
+from cortex.neuron.prompt.toolcalls import ToolFormat, detect_format
 from cortex.protocol import openai as oa
 
 DEFAULT_TOOL_PROMPT = (

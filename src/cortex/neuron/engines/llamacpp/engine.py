@@ -28,17 +28,21 @@ from pathlib import Path
 import llama_cpp as C
 
 from cortex.neuron.engines.base import (
+    UNLOADED,
     EmbeddingJob,
     EngineFault,
     EngineInfo,
+    Failure,
+    FailureKind,
     Finished,
+    FinishReason,
     GenerationRequest,
-    TextChunk,
+    emit_finished,
     emit_generated,
 )
-from cortex.neuron.engines.llamacpp_embed import EmbeddingContext, pooling_of
-from cortex.neuron.estimate import LLAMACPP_UBATCH_TOKENS
-from cortex.neuron.textstream import TextAssembler
+from cortex.neuron.engines.llamacpp.embed import EmbeddingContext, pooling_of
+from cortex.neuron.engines.textstream import TextAssembler
+from cortex.neuron.files.estimate import LLAMACPP_UBATCH_TOKENS
 from cortex.spec import ModelSpec
 
 _BATCH_TOKENS = LLAMACPP_UBATCH_TOKENS  # the memory estimate sizes the compute buffer by it
@@ -53,6 +57,29 @@ def _init_backend() -> None:
         logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
         C.llama_backend_init()
         _backend_ready = True
+
+
+def model_placement(
+    device_id: str, gpu_offload: bool, use_extra_buffer_types: bool
+) -> dict[str, int | bool]:
+    """llama.cpp model parameters that put the model where placement counted it.
+
+    On a GPU: every layer there and only there (``split_mode`` none with ``main_gpu``;
+    llama.cpp's default layer split would spread it over every visible GPU while the
+    gateway charges one). ``use_extra_bufts`` turns llama.cpp's optional CPU weight
+    layouts (AMX, repacked quants) on or off: fast where they work, a segfault on
+    some CPUs, so the engine process's canary decides (``runtime/engine_host.py``).
+    """
+    params: dict[str, int | bool] = {"use_extra_bufts": use_extra_buffer_types}
+    if device_id.startswith("cuda") and gpu_offload:
+        params |= {
+            "n_gpu_layers": 999,
+            "split_mode": C.LLAMA_SPLIT_MODE_NONE,
+            "main_gpu": int(device_id.split(":")[1]),
+        }
+    else:
+        params["n_gpu_layers"] = 0
+    return params
 
 
 @dataclass
@@ -82,14 +109,22 @@ class _Sequence:
 class LlamaCppEngine:
     """One GGUF model on one device. Every method runs on the device worker thread."""
 
-    def __init__(self, path: Path, spec: ModelSpec, device_id: str, n_threads: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: ModelSpec,
+        device_id: str,
+        n_threads: int,
+        *,
+        use_extra_buffer_types: bool = True,
+    ) -> None:
         _init_backend()
         model_params = C.llama_model_default_params()
-        if device_id.startswith("cuda") and C.llama_supports_gpu_offload():
-            model_params.n_gpu_layers = 999
-            model_params.main_gpu = int(device_id.split(":")[1])
-        else:
-            model_params.n_gpu_layers = 0
+        for name, value in model_placement(
+            device_id, C.llama_supports_gpu_offload(), use_extra_buffer_types
+        ).items():
+            setattr(model_params, name, value)
+        self.uses_extra_buffer_types = use_extra_buffer_types
         self._model = C.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
             raise EngineFault(f"llama.cpp could not load {path.name}: not a valid GGUF file?")
@@ -184,17 +219,17 @@ class LlamaCppEngine:
         if self._embedder is not None and self._embedder.has_work():
             self._embedder.step()
 
-    def abort_all(self, reason: str) -> None:
+    def abort_all(self, failure: Failure) -> None:
         for seq in list(self._active):
-            self._finish(seq, "error", error=reason)
+            self._finish(seq, "error", error=failure)
         while self._waiting:
             request = self._waiting.popleft()
-            request.sink.put(Finished("error", len(request.prompt_tokens), 0, error=reason))
+            request.sink.put(Finished("error", len(request.prompt_tokens), 0, error=failure))
         if self._embedder is not None:
-            self._embedder.abort_all(reason)
+            self._embedder.abort_all(failure.detail)
 
     def close(self) -> None:
-        self.abort_all("model unloaded")
+        self.abort_all(UNLOADED)
         if self._embedder is not None:
             self._embedder.close()
             self._embedder = None
@@ -232,7 +267,12 @@ class LlamaCppEngine:
             sampler = self._make_sampler(request)
             if not sampler:
                 request.sink.put(
-                    Finished("error", len(request.prompt_tokens), 0, error="invalid grammar")
+                    Finished(
+                        "error",
+                        len(request.prompt_tokens),
+                        0,
+                        error=Failure(FailureKind.GRAMMAR, "invalid grammar"),
+                    )
                 )
                 continue
             slot, reuse = self._best_slot(free, request.prompt_tokens)
@@ -356,19 +396,15 @@ class LlamaCppEngine:
         else:
             self._finish(seq, end)
 
-    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
-        tail = seq.text.finish()
-        if tail and reason in ("stop", "length"):
-            seq.request.sink.put(TextChunk(tail))
-        seq.request.sink.put(
-            Finished(
-                reason,  # type: ignore[arg-type]
-                prompt_tokens=len(seq.request.prompt_tokens),
-                completion_tokens=len(seq.generated),
-                cached_tokens=seq.cached,
-                stop_sequence=seq.text.stop.matched,
-                error=error,
-            )
+    def _finish(self, seq: _Sequence, reason: FinishReason, error: Failure | None = None) -> None:
+        emit_finished(
+            seq.request,
+            reason,
+            tail=seq.text.finish(),
+            text=seq.text,
+            completion_tokens=len(seq.generated),
+            cached_tokens=seq.cached,
+            error=error,
         )
         C.llama_sampler_free(seq.sampler)
         seq.slot.last_used = time.monotonic()

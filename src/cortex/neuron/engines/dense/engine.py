@@ -33,19 +33,22 @@ import torch
 
 from cortex.errors import CortexError, InvalidRequest
 from cortex.neuron.engines.base import (
+    UNLOADED,
     EmbeddingJob,
     EngineFault,
     EngineInfo,
+    Failure,
     Finished,
+    FinishReason,
     GenerationRequest,
-    TextChunk,
+    emit_finished,
     emit_generated,
 )
-from cortex.neuron.engines.hf_text import HFTokenizer, IncrementalText
-from cortex.neuron.engines.rank_model import LoadParams, RankModel, pick_dtype
-from cortex.neuron.engines.sampling import Sampler
-from cortex.neuron.engines.sharding import ModelShape, plan_sharding
-from cortex.neuron.textstream import TextAssembler
+from cortex.neuron.engines.dense.rank_model import LoadParams, RankModel, pick_dtype
+from cortex.neuron.engines.dense.sampling import Sampler
+from cortex.neuron.engines.dense.sharding import ModelShape, plan_sharding
+from cortex.neuron.engines.dense.tokenizer import HFTokenizer, IncrementalText
+from cortex.neuron.engines.textstream import TextAssembler
 from cortex.spec import ModelSpec
 
 PREFILL_CHUNK = 512
@@ -161,15 +164,15 @@ class DenseEngine:
         if self._active is not None:
             self._advance(self._active)
 
-    def abort_all(self, reason: str) -> None:
+    def abort_all(self, failure: Failure) -> None:
         if self._active is not None:
-            self._finish(self._active, "error", error=reason)
+            self._finish(self._active, "error", error=failure)
         while self._waiting:
             request = self._waiting.popleft()
-            request.sink.put(Finished("error", len(request.prompt_tokens), 0, error=reason))
+            request.sink.put(Finished("error", len(request.prompt_tokens), 0, error=failure))
 
     def close(self) -> None:
-        self.abort_all("model unloaded")
+        self.abort_all(UNLOADED)
         self._runner.close()
 
     # -- internals -----------------------------------------------------------------
@@ -248,20 +251,16 @@ class DenseEngine:
         else:
             self._finish(seq, end)
 
-    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
-        if reason in ("stop", "length"):
-            tail = seq.text.feed(seq.stream.finish().encode()) + seq.text.finish()
-            if tail:
-                seq.request.sink.put(TextChunk(tail))
-        seq.request.sink.put(
-            Finished(
-                reason,  # type: ignore[arg-type]
-                prompt_tokens=len(seq.request.prompt_tokens),
-                completion_tokens=len(seq.generated),
-                cached_tokens=seq.cached,
-                stop_sequence=seq.text.stop.matched,
-                error=error,
-            )
+    def _finish(self, seq: _Sequence, reason: FinishReason, error: Failure | None = None) -> None:
+        ended = reason in ("stop", "length")
+        emit_finished(
+            seq.request,
+            reason,
+            tail=seq.text.feed(seq.stream.finish().encode()) + seq.text.finish() if ended else "",
+            text=seq.text,
+            completion_tokens=len(seq.generated),
+            cached_tokens=seq.cached,
+            error=error,
         )
         if reason == "error":  # what the cache holds is in doubt
             self._kv = []
@@ -272,7 +271,7 @@ class TensorParallelDenseEngine(DenseEngine):
     """The dense engine over ``tensor_parallel`` ranks (``tp.py``), with fault injection."""
 
     def _make_runner(self, params: LoadParams) -> Runner:
-        from cortex.neuron.engines.tp import TensorParallelGroup
+        from cortex.neuron.engines.dense.tp import TensorParallelGroup
 
         self._group = TensorParallelGroup(params)
         return self._group
@@ -287,7 +286,14 @@ class TensorParallelDenseEngine(DenseEngine):
         return self._group.worker_pids()
 
 
-def create_dense_engine(path: Path, spec: ModelSpec, device_id: str, n_threads: int) -> DenseEngine:
+def create_dense_engine(
+    path: Path,
+    spec: ModelSpec,
+    device_id: str,
+    n_threads: int,
+    *,
+    use_extra_buffer_types: bool = True,  # a llama.cpp setting: nothing to choose here
+) -> DenseEngine:
     """The engine factory ``engines.engine_for`` hands out for a checkpoint directory
     (or the one safetensors file of one)."""
     if path.is_file():

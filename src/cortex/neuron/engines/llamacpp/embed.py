@@ -40,7 +40,7 @@ import numpy as np
 
 from cortex.errors import InvalidRequest, UpstreamError
 from cortex.neuron.engines.base import EmbeddingJob, EngineFault
-from cortex.neuron.estimate import LLAMACPP_EMBED_UBATCH_TOKENS
+from cortex.neuron.files.estimate import LLAMACPP_EMBED_UBATCH_TOKENS
 
 _POOLINGS = (C.LLAMA_POOLING_TYPE_MEAN, C.LLAMA_POOLING_TYPE_CLS, C.LLAMA_POOLING_TYPE_LAST)
 

@@ -1,6 +1,6 @@
 """Tool calls out of model output text, for whole outputs and for streams.
 
-Pure and engine-independent. Three formats (protocol.md section 5):
+Pure and engine-independent. Three formats (README.md, "What the API does"):
 
 - ``hermes``: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, repeated;
 - ``llama3_json``: the output is ``[<|python_tag|>]{"name": ..., "parameters": {...}}``,

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Literal
 
 from cortex.errors import InvalidRequest, PreflightRejected
-from cortex.neuron import hub
-from cortex.neuron.preflight import Listing, Plan, plan
+from cortex.neuron.files import hub
+from cortex.neuron.files.preflight import Listing, Plan, plan
 from cortex.spec import ModelSpec
 
-log = logging.getLogger("cortex.neuron.sources")
+log = logging.getLogger("cortex.neuron.files.sources")
 
 Scheme = Literal["pkg", "file", "hf"]
 
@@ -49,6 +49,12 @@ def parse_source(text: str) -> Source:
 
 
 def _package_root(module: str) -> Path:
+    # find_spec of a dotted name imports its parents, running their import-time code:
+    # only a top-level name is looked up, which locates the package without importing it.
+    if not module.isidentifier():
+        raise InvalidRequest(
+            f"pkg: sources name a top-level Python package ('pkg:NAME/path'), not '{module}'"
+        )
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise InvalidRequest(
@@ -78,17 +84,26 @@ def local_path(source: Source) -> Path:
     raise InvalidRequest(f"'{source}' is not a local source")
 
 
+_LIST_DEPTH = 2  # model files sit at the top of a source or one folder down
+_LIST_MAX_FILES = 10_000  # a source naming a huge tree (file:/) is not walked to the end
+
+
 def list_local(path: Path) -> list[tuple[str, int]]:
     """A local source listed like a hub repository: ``(path, size)`` under ``path``,
     or the one file when ``path`` is a file."""
     if path.is_file():
         return [(path.name, path.stat().st_size)]
-    listing = []
-    for directory, _, names in os.walk(path):
+    listing: list[tuple[str, int]] = []
+    for directory, folders, names in os.walk(path):
+        depth = len(Path(directory).relative_to(path).parts)
+        if depth >= _LIST_DEPTH - 1:
+            folders.clear()
         for name in names:
             file = Path(directory) / name
             if file.is_file():
                 listing.append((file.relative_to(path).as_posix(), file.stat().st_size))
+            if len(listing) >= _LIST_MAX_FILES:
+                return sorted(listing)
     return sorted(listing)
 
 

@@ -185,11 +185,15 @@ def plan(
     """
     fmt = classify(listing)
     if fmt == "empty":
-        names = ", ".join(p for p, _ in list(listing)[:5]) or "no files at all"
+        if spec.source.startswith("hf:"):  # a public listing: naming its files helps
+            names = ", ".join(p for p, _ in list(listing)[:5]) or "no files at all"
+            detail = f"{spec.source} holds no model weights (.gguf or .safetensors): {names}."
+        else:  # a node's own files are nobody's business: no listing
+            detail = f"{spec.source} is not a model file or directory (no .gguf or .safetensors)."
         raise _reject(
             spec,
             "empty_source",
-            f"{spec.source} holds no model weights (.gguf or .safetensors): {names}.",
+            detail,
             "Point source at a repository or directory with GGUF or safetensors weights.",
         )
     chosen = _choose(spec, listing, fmt)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cortex.neuron.engines.sharding import ModelShape, ShardingKind, rank_slices
+from cortex.neuron.engines.dense.sharding import ModelShape, ShardingKind, rank_slices
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

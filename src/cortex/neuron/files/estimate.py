@@ -7,11 +7,11 @@
 when every layer has the same count). A spec's ``memory_mb`` overrides the total;
 the parts are still worked out, so an operator can compare the two.
 
-The GGUF estimate mirrors what ``engines/llamacpp.py`` asks llama.cpp for; it
+The GGUF estimate mirrors what ``engines/llamacpp/engine.py`` asks llama.cpp for; it
 over-reports for sliding-window models (their SWA layers keep a shorter cache)
 and on GPUs (llama.cpp keeps the token embeddings in host memory).
 
-``embedding_mb`` is what the embedding context (``engines/llamacpp_embed.py``) adds
+``embedding_mb`` is what the embedding context (``engines/llamacpp/embed.py``) adds
 when a model first serves ``/v1/embeddings``. It is not in ``total_mb``: most models
 never embed, so the manager counts it into the model's memory only when it is created.
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cortex.errors import InvalidRequest
-from cortex.neuron.headers import GGUFHeader, Strings, read_gguf, safetensors_bytes
+from cortex.neuron.files.headers import GGUFHeader, Strings, read_gguf, safetensors_bytes
 from cortex.spec import ModelSpec
 
 MIB = 2**20
@@ -38,7 +38,10 @@ _KV_F16 = 2  # llama.cpp's default KV cache type is f16
 _LOGIT_BYTES = 4  # logits are f32
 # Backend contexts, graph metadata and the in-memory vocabulary: ~18 MiB for
 # SmolLM2-135M's 49k-token vocabulary, rounded up for bigger ones.
-_BASE_OVERHEAD = 32 * MIB
+# Plus the engine process every model runs in: Python, cortex and llama.cpp imported,
+# no model loaded, measured 61 MiB RSS (bench/engine_process_bench.py line 4).
+ENGINE_PROCESS_OVERHEAD = 64 * MIB
+_BASE_OVERHEAD = 32 * MIB + ENGINE_PROCESS_OVERHEAD
 _EMBED_CONTEXT_OVERHEAD = 8 * MIB  # a second context's graph and scheduler state
 _TORCH_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 DENSE_SEQUENCES = 1  # the dense engine serialises its requests
@@ -178,7 +181,7 @@ def _estimate_safetensors(path: Path, spec: ModelSpec) -> MemoryEstimate:
     dtype = config.get("torch_dtype") or config.get("dtype")
     # No dtype written: transformers' historical default is float32, the safe side.
     kv_bytes = _TORCH_DTYPE_BYTES.get(str(dtype), 4) if dtype else 4
-    # The dense engine (engines/dense.py) runs one sequence at a time: one full context
+    # The dense engine (engines/dense/engine.py) runs one sequence at a time: one full context
     # of KV and one row of f32 logits, whatever max_batch says.
     overhead = _BASE_OVERHEAD + shape.n_vocab * _LOGIT_BYTES
     weights = safetensors_bytes(files)

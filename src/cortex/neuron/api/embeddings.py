@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import time
-from concurrent.futures import InvalidStateError
 
 import numpy as np
 
 from cortex.errors import ContextOverflow, InvalidRequest, ModelRecovering
+from cortex.neuron.api.generation import check_token_ids, tokenize
 from cortex.neuron.engines.base import EmbeddingJob, EngineFault
-from cortex.neuron.manager import LoadedModel
-from cortex.neuron.serving import check_token_ids
+from cortex.neuron.runtime.manager import ServingModel
 from cortex.protocol import openai as oa
 
 MAX_INPUTS = 2048  # OpenAI's own limit on inputs per request
 
 
-async def prepare_embeddings(model: LoadedModel, request: oa.EmbeddingRequest) -> EmbeddingJob:
+async def prepare_embeddings(model: ServingModel, request: oa.EmbeddingRequest) -> EmbeddingJob:
     """Everything that can fail because of the request, before any work is queued."""
     engine = model.engine
-    assert engine is not None
     info = engine.info
     if request.dimensions is not None and request.dimensions != info.embedding_size:
         raise InvalidRequest(
@@ -35,9 +32,9 @@ async def prepare_embeddings(model: LoadedModel, request: oa.EmbeddingRequest) -
         raise InvalidRequest("'input' must not be empty.", param="input")
     if len(inputs) > MAX_INPUTS:
         raise InvalidRequest(f"At most {MAX_INPUTS} inputs per request.", param="input")
-    # Tokenizing many inputs takes milliseconds: off the event loop, in one hop.
-    token_lists = await asyncio.to_thread(
-        lambda: [engine.tokenize_prompt(i) if isinstance(i, str) else i for i in inputs]
+    # The engine process tokenizes; the calls are pipelined, not one round trip each.
+    token_lists = await asyncio.gather(
+        *(tokenize(model, i, param="input") if isinstance(i, str) else _given(i) for i in inputs)
     )
     for tokens, item in zip(token_lists, inputs, strict=True):
         if not isinstance(item, str):
@@ -54,26 +51,14 @@ async def prepare_embeddings(model: LoadedModel, request: oa.EmbeddingRequest) -
     return EmbeddingJob(inputs=token_lists)
 
 
-async def embed(model: LoadedModel, job: EmbeddingJob, encoding: str) -> oa.EmbeddingList:
+async def embed(model: ServingModel, job: EmbeddingJob, encoding: str) -> oa.EmbeddingList:
     """Run ``job`` on the model's device and answer in the requested encoding."""
-    engine = model.engine
-    assert engine is not None
-
-    def on_fault(reason: str) -> None:
-        if not job.result.done():
-            with contextlib.suppress(InvalidStateError):  # the device thread got there first
-                job.result.set_exception(ModelRecovering(model.id))
-
-    model.fault_listeners.add(on_fault)
     try:
-        await model.worker.run(lambda: engine.submit_embedding(job))
-        vectors = await asyncio.wrap_future(job.result)
-    except EngineFault:  # the device thread was lost before or during the job
+        vectors = await model.engine.embed(job)  # cancelled with the request, if it goes
+    except EngineFault:  # the engine process was lost before or during the job
         raise ModelRecovering(model.id) from None
     finally:
-        model.fault_listeners.discard(on_fault)
-        job.cancelled = True  # no-op once done; drops the job at the next step otherwise
-        model.last_used = time.time()
+        model.loaded.last_used = time.time()
     prompt_tokens = sum(len(tokens) for tokens in job.inputs)
     return oa.EmbeddingList(
         data=[
@@ -83,6 +68,10 @@ async def embed(model: LoadedModel, job: EmbeddingJob, encoding: str) -> oa.Embe
         model=model.id,
         usage=oa.EmbeddingUsage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
     )
+
+
+async def _given(tokens: list[int]) -> list[int]:
+    return tokens
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:

@@ -34,9 +34,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
 
 from cortex.errors import InvalidRequest, PreflightRejected, UpstreamError
-from cortex.neuron.headers import parse_gguf_prefix
+from cortex.neuron.files.headers import parse_gguf_prefix
 
-log = logging.getLogger("cortex.neuron.hub")
+log = logging.getLogger("cortex.neuron.files.hub")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The generation core (admit, budget, generate, collect) and one module per endpoint."""

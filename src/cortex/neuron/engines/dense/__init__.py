@@ -1,0 +1,1 @@
+"""Dense safetensors models on PyTorch + transformers, tensor parallelism included."""

@@ -1,0 +1,1 @@
+"""Model files: sources, the hub, preflight, memory estimates, file-format headers."""

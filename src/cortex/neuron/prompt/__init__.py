@@ -1,0 +1,1 @@
+"""Prompt shaping: chat templates, tool-call formats and parsing, output grammars."""

@@ -1,0 +1,1 @@
+"""Model lifecycle (the manager), the device threads that host engines, devices."""

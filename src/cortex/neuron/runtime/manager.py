@@ -1,0 +1,498 @@
+"""The loaded models of one neuron and their lifecycle.
+
+States (transitions happen only in this module):
+
+    loading ──ok──> ready ──fault──> poisoned ──> recovering ──ok──> ready
+       └──fail──> (gone)                               └──fail──> (gone)
+
+Every model's engine runs in a process of its own (``engine_process.py``). A fault
+is anything that leaves the engine's state in doubt: the process died (a segfault
+or abort in native code, the OOM killer), a step raised, or the engine went silent
+with work outstanding for longer than the step deadline (the watchdog kills it).
+The model's requests end at once, new ones get 503 + Retry-After, and a background
+task (one per model, never on a request's path) starts a new engine process from
+the retained spec; the new engine passes its canary before the model is ready
+again. A failed reload leaves the model unloaded; the next load starts afresh.
+Other models, in other processes, never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from cortex.errors import (
+    InsufficientMemory,
+    InvalidRequest,
+    ModelNotFound,
+    ModelRecovering,
+    Unavailable,
+)
+from cortex.neuron.engines import engine_for
+from cortex.neuron.engines.base import EmbeddingJob, EngineFault, EngineInfo, GenerationRequest
+from cortex.neuron.files.estimate import MemoryEstimate, estimate_memory
+from cortex.neuron.files.sources import headers_of, prepare_source
+from cortex.neuron.metrics import NeuronMetrics
+from cortex.neuron.runtime.devices import Device, read_memory
+from cortex.neuron.runtime.engine_process import EngineExit, EngineLoadFailed, EngineProcess
+from cortex.protocol.neuron import DeviceStatus, EngineFaultStatus, ModelState, ModelStatus
+from cortex.spec import ModelSpec
+
+log = logging.getLogger("cortex.neuron.runtime.manager")
+
+FaultKind = Literal["segfault", "abort", "kill", "hang", "device_error"]
+FAULT_KINDS: tuple[FaultKind, ...] = ("segfault", "abort", "kill", "hang", "device_error")
+
+
+class EngineHandle(Protocol):
+    """What the neuron holds of a running engine (``EngineProcess``; fakes in tests)."""
+
+    info: EngineInfo
+    pids: list[int]
+
+    def submit(self, request: GenerationRequest) -> None: ...
+    def cancel(self, request: GenerationRequest) -> None: ...
+    async def tokenize(self, text: str) -> list[int]: ...
+    async def embed(self, job: EmbeddingJob) -> list[list[float]]: ...
+    def inject_fault(self, kind: str) -> None: ...
+    def silent_for(self) -> float: ...
+    def kill(self, kind: str | None = None) -> None: ...
+    async def close(self, timeout_s: float = 30) -> None: ...
+
+
+Launcher = Callable[..., Awaitable[EngineHandle]]
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    device: Device
+    path: Path  # the file the spec resolved to; a recovery reloads it
+    state: ModelState = ModelState.LOADING
+    engine: EngineHandle | None = None
+    memory_mb: int = 0
+    # What an embedding context adds (the estimate's embedding_mb), and whether memory_mb
+    # counts it yet: it is created on the first embeddings request, if ever.
+    embedding_mb: int = 0
+    embedding_counted: bool = False
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.time)
+    metrics: NeuronMetrics | None = None
+    # Kept across restarts: the settings the canary proved safe on this machine.
+    use_extra_buffer_types: bool = True
+    fallback: str | None = None
+    restarts: int = 0
+    last_fault: EngineExit | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def status(self) -> ModelStatus:
+        max_batch = self.engine.info.max_batch if self.engine else self.spec.max_batch
+        pids = self.engine.pids if self.engine else []
+        fault = self.last_fault
+        return ModelStatus(
+            id=self.id,
+            state=self.state,
+            spec=self.spec,
+            devices=[self.device.id],
+            memory_mb=self.memory_mb,
+            context_length=self.engine.info.context_length if self.engine else None,
+            in_flight=min(self.in_flight, max_batch),
+            queued=max(0, self.in_flight - max_batch),
+            last_used=self.last_used,
+            engine_pid=(pids[0] if len(pids) == 1 else pids) if pids else None,
+            restarts=self.restarts,
+            last_fault=(
+                EngineFaultStatus(kind=fault.kind, signal=fault.signal, at=fault.at)
+                if fault
+                else None
+            ),
+            fallback=self.fallback,
+        )
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    """A ready model as request handlers hold it: its engine is never None, and a
+    recovery that swaps the engine does not change the one a request is using."""
+
+    loaded: LoadedModel
+    engine: EngineHandle
+
+    @property
+    def id(self) -> str:
+        return self.loaded.spec.id
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.loaded.spec
+
+    @property
+    def metrics(self) -> NeuronMetrics | None:
+        return self.loaded.metrics
+
+    def is_current(self) -> bool:
+        """Still the engine the model serves with (not faulted, reloaded or unloaded)."""
+        return self.loaded.state is ModelState.READY and self.loaded.engine is self.engine
+
+
+async def launch_engine_process(
+    path: Path,
+    spec: ModelSpec,
+    device: Device,
+    *,
+    use_extra_buffer_types: bool,
+    on_exit: Callable[[EngineExit], None],
+    on_step: Callable[[int], None],
+) -> EngineHandle:
+    return await EngineProcess.launch(
+        path,
+        spec,
+        device.id,
+        device.threads,
+        use_extra_buffer_types=use_extra_buffer_types,
+        on_exit=on_exit,
+        on_step=on_step,
+    )
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """How a spec becomes a running engine: fetch its files, size it, start it.
+
+    The real functions by default; unit tests pass fakes (no files, no processes).
+    """
+
+    prepare: Callable[..., Path] = prepare_source
+    estimate: Callable[[Path, ModelSpec], MemoryEstimate] = estimate_memory
+    launch: Launcher = launch_engine_process
+
+
+class ModelManager:
+    """Owns every model on this node; request handlers only read from it."""
+
+    def __init__(
+        self,
+        devices: list[Device],
+        memory_budget_mb: int | None,
+        *,
+        step_deadline_s: float = 60.0,
+        metrics: NeuronMetrics | None = None,
+        cpu_tp_ranks: int = 1,
+        files: ModelFiles | None = None,
+        watch_period_s: float = 0.25,
+    ) -> None:
+        self._files = files or ModelFiles()
+        self._devices = list(devices)
+        self._cpu_tp_ranks = cpu_tp_ranks  # ranks tensor_parallel may use on a GPU-less node
+        self._budget_mb = memory_budget_mb
+        self._deadline_s = step_deadline_s
+        self._watch_period_s = watch_period_s
+        self._metrics = metrics or NeuronMetrics()
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = asyncio.Lock()  # loads, unloads and recoveries one at a time
+        self._watchdog: asyncio.Task[None] | None = None
+        self._recoveries: dict[str, asyncio.Task[None]] = {}
+        self._metrics.watch_states(lambda: [(m.id, m.state.value) for m in self.models()])
+
+    @property
+    def metrics(self) -> NeuronMetrics:
+        return self._metrics
+
+    def start(self) -> None:
+        """Start the watchdog; call from the app's lifespan."""
+        self._watchdog = asyncio.create_task(self._watch(), name="neuron-watchdog")
+
+    # -- reads -----------------------------------------------------------------
+
+    def models(self) -> list[LoadedModel]:
+        return list(self._models.values())
+
+    def ready(self, model_id: str) -> ServingModel:
+        """The model if it can serve now, else the error saying why not."""
+        model = self._models.get(model_id)
+        if model is None:
+            raise ModelNotFound(model_id, known=list(self._models))
+        if model.state in (ModelState.POISONED, ModelState.RECOVERING):
+            raise ModelRecovering(model_id)
+        if model.state is ModelState.LOADING or model.engine is None:
+            raise Unavailable(f"The model '{model_id}' is still loading.", retry_after_s=2)
+        return ServingModel(model, model.engine)
+
+    def devices_status(self) -> list[DeviceStatus]:
+        out = []
+        for device in self._devices:
+            reading = read_memory(device)
+            out.append(
+                DeviceStatus(
+                    id=device.id,
+                    name=device.name,
+                    memory_total_mb=reading.total_mb,
+                    memory_free_mb=reading.free_mb,
+                    memory_budget_mb=self._budget_mb,
+                    memory_used_by_models_mb=self._used_mb(device),
+                )
+            )
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def load(self, spec: ModelSpec) -> LoadedModel:
+        # Preflight (422 for what this node can never serve) and any download run before
+        # the lock: a long download must not hold up other loads, unloads and recoveries.
+        path = None if spec.id in self._models else await self._prepare(spec)
+        async with self._lock:
+            existing = self._models.get(spec.id)
+            if existing is not None:
+                if existing.spec.model_dump() != spec.model_dump():
+                    raise InvalidRequest(
+                        f"model '{spec.id}' is already loaded with a different spec; "
+                        "unload it first"
+                    )
+                return existing
+            path = path or await self._prepare(spec)  # unloaded while this load waited
+            estimate = await asyncio.to_thread(self._files.estimate, path, spec)
+            device = self._pick_device()
+            self._check_fits(device, estimate.total_mb, spec)
+            model = LoadedModel(
+                spec=spec,
+                device=device,
+                path=path,
+                memory_mb=estimate.total_mb,
+                embedding_mb=estimate.embedding_mb,
+                metrics=self._metrics,
+                use_extra_buffer_types=spec.extra_buffer_types is not False,
+            )
+            self._models[spec.id] = model  # counted against the budget while it loads
+            started = time.perf_counter()
+            try:
+                model.engine = await self._start_engine(model)
+            except BaseException:
+                self._models.pop(spec.id, None)
+                raise
+            model.state = ModelState.READY
+            log.info(
+                "loaded model=%s device=%s memory_mb=%d pid=%s seconds=%.2f",
+                spec.id,
+                device.id,
+                model.memory_mb,
+                model.engine.pids[0],
+                time.perf_counter() - started,
+            )
+            return model
+
+    async def estimate(self, spec: ModelSpec) -> MemoryEstimate:
+        """What loading ``spec`` would take, from its files' headers; nothing is loaded."""
+        return await asyncio.to_thread(_estimate_from_headers, spec)
+
+    async def unload(self, model_id: str) -> None:
+        async with self._lock:
+            model = self._models.pop(model_id, None)
+            if model is None:
+                raise ModelNotFound(model_id, known=list(self._models))
+            task = self._recoveries.pop(model_id, None)
+            if task is not None:
+                task.cancel()
+            await self._stop_engine(model)
+            log.info("unloaded model=%s", model_id)
+
+    async def close(self) -> None:
+        """Stop watching and recovering, and unload every model (their processes end)."""
+        tasks = [t for t in (self._watchdog, *self._recoveries.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for model_id in list(self._models):
+            await self.unload(model_id)
+
+    def count_embedding_context(self, serving: ServingModel) -> None:
+        """Count the embedding context in the model's memory before the engine creates it;
+        507 when the node's budget has no room left for it."""
+        model = serving.loaded
+        if model.embedding_counted:
+            return
+        self._check_fits(model.device, model.memory_mb + model.embedding_mb, model.spec)
+        model.memory_mb += model.embedding_mb
+        model.embedding_counted = True
+
+    async def inject_fault(self, model_id: str, kind: str) -> None:
+        """Testing only: the model's engine suffers ``kind`` (``kill`` at once, the others
+        on its next decode step)."""
+        if kind not in FAULT_KINDS:
+            kinds = ", ".join(FAULT_KINDS)
+            raise InvalidRequest(f"fault kind must be one of {kinds}", param="kind")
+        self.ready(model_id).engine.inject_fault(kind)
+        log.warning("fault injected model=%s kind=%s", model_id, kind)
+
+    # -- engines ------------------------------------------------------------------------
+
+    async def _start_engine(self, model: LoadedModel) -> EngineHandle:
+        """A new engine process for ``model``, past its canary. With extra buffer types
+        on ``auto``, a canary that crashes is retried once without them."""
+        try:
+            return await self._launch(model)
+        except EngineLoadFailed as exc:
+            crashed = exc.exit is not None and exc.exit.kind == "crash"
+            if not (crashed and model.use_extra_buffer_types):
+                raise
+            if model.spec.extra_buffer_types != "auto":
+                raise
+            model.use_extra_buffer_types = False
+            model.fallback = f"no extra buffer types after {exc.exit.signal} in canary"
+            log.warning("model=%s load retried with safe settings: %s", model.id, model.fallback)
+            return await self._launch(model)
+
+    async def _launch(self, model: LoadedModel) -> EngineHandle:
+        holder: list[EngineHandle] = []
+
+        def on_exit(exit: EngineExit) -> None:
+            if holder and model.engine is holder[0]:
+                self._engine_exited(model, exit)
+
+        def on_step(sequences: int) -> None:  # on the engine's reader thread
+            self._metrics.batch_size.labels(model.id).observe(sequences)
+
+        engine = await self._files.launch(
+            model.path,
+            model.spec,
+            model.device,
+            use_extra_buffer_types=model.use_extra_buffer_types,
+            on_exit=on_exit,
+            on_step=on_step,
+        )
+        holder.append(engine)
+        return engine
+
+    async def _stop_engine(self, model: LoadedModel) -> None:
+        engine, model.engine = model.engine, None
+        if engine is not None:
+            await engine.close(timeout_s=self._deadline_s)
+
+    # -- faults and recovery (on the event loop) ----------------------------------
+
+    def _engine_exited(self, model: LoadedModel, exit: EngineExit) -> None:
+        """The serving engine's process ended on its own: a fault."""
+        model.last_fault = exit
+        self._metrics.engine_faults.labels(model.id, exit.kind).inc()
+        self._poison(model, exit.detail)
+
+    def _poison(self, model: LoadedModel, reason: str) -> None:
+        if model.state is not ModelState.READY:
+            return  # already poisoned or recovering, or still loading (its load fails)
+        model.state = ModelState.POISONED
+        log.error("model=%s poisoned: %s", model.id, reason)
+        if model.id not in self._recoveries:
+            task = asyncio.create_task(self._recover(model.id), name=f"recover-{model.id}")
+            self._recoveries[model.id] = task
+            task.add_done_callback(lambda _: self._recoveries.pop(model.id, None))
+
+    async def _watch(self) -> None:
+        """An engine silent past the deadline with work outstanding is hung: kill it,
+        and its exit poisons the model like any other fault."""
+        while True:
+            await asyncio.sleep(self._watch_period_s)
+            for model in list(self._models.values()):
+                engine = model.engine
+                ready = model.state is ModelState.READY and engine is not None
+                if ready and engine.silent_for() > self._deadline_s:
+                    log.error(
+                        "model=%s engine pid=%s silent for %.1f s with work outstanding: killed",
+                        model.id,
+                        engine.pids[0],
+                        engine.silent_for(),
+                    )
+                    engine.kill("hang")
+
+    async def _recover(self, model_id: str) -> None:
+        async with self._lock:
+            model = self._models.get(model_id)
+            if model is None or model.state is not ModelState.POISONED:
+                return
+            model.state = ModelState.RECOVERING
+            started = time.perf_counter()
+            old = model.engine
+            if old is not None:
+                old.kill()  # whatever is left of it (ranks included)
+                await self._stop_engine(model)
+            try:
+                if not model.path.exists():
+                    raise EngineFault(f"the model file {model.path} is gone")
+                engine = await self._start_engine(model)
+            except Exception as exc:
+                self._models.pop(model_id, None)
+                self._metrics.recoveries.labels(model_id, "failed").inc()
+                log.error(
+                    "recovery failed model=%s reason=%s detail=%r: unloaded; the next load "
+                    "starts afresh",
+                    model_id,
+                    getattr(exc, "kind", type(exc).__name__),
+                    str(exc),
+                )
+                return
+            model.engine, model.state = engine, ModelState.READY
+            model.restarts += 1
+            self._metrics.recoveries.labels(model_id, "ok").inc()
+            self._metrics.engine_restarts.labels(model_id).inc()
+            log.info(
+                "recovered model=%s device=%s pid=%s seconds=%.2f",
+                model_id,
+                model.device.id,
+                engine.pids[0],
+                time.perf_counter() - started,
+            )
+
+    # -- internals ---------------------------------------------------------------
+
+    async def _prepare(self, spec: ModelSpec) -> Path:
+        """The spec's source listed, preflighted and fetched: the local path to load."""
+        gpus = sum(1 for d in self._devices if d.id != "cpu")
+        room = self._pick_device()
+        free_mb = read_memory(room).free_mb + self._used_mb(room)  # were ours all unloaded
+        if self._budget_mb is not None:
+            free_mb = min(free_mb, self._budget_mb)
+        return await asyncio.to_thread(
+            self._files.prepare,
+            spec,
+            devices_available=gpus or self._cpu_tp_ranks,
+            free_mb=free_mb,
+        )
+
+    def _pick_device(self) -> Device:
+        # GPUs first (the CPU is the fallback), the one with most free memory.
+        gpus = [d for d in self._devices if d.id != "cpu"]
+        if gpus:
+            return max(gpus, key=lambda d: read_memory(d).free_mb)
+        return self._devices[0]
+
+    def _used_mb(self, device: Device, exclude: str | None = None) -> int:
+        return sum(
+            m.memory_mb
+            for m in self._models.values()
+            if m.device.id == device.id and m.id != exclude
+        )
+
+    def _check_fits(self, device: Device, need_mb: int, spec: ModelSpec) -> None:
+        if self._budget_mb is None:
+            return
+        left = self._budget_mb - self._used_mb(device, exclude=spec.id)
+        if need_mb > left:
+            raise InsufficientMemory(
+                f"model '{spec.id}' needs about {need_mb} MB on {device.id} but only {left} MB "
+                f"of the node's {self._budget_mb} MB budget is left",
+                code="insufficient_memory",
+            )
+
+
+def _estimate_from_headers(spec: ModelSpec) -> MemoryEstimate:
+    """Blocking: the estimate of ``spec`` read from its files' headers (an ``hf:`` source's
+    weights are not downloaded for it)."""
+    with headers_of(spec) as path:
+        engine_for(path)  # the same refusal a load would give for an unservable file
+        return estimate_memory(path, spec)

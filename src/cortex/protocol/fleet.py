@@ -1,0 +1,115 @@
+"""The gateway's fleet API as wire types: ``GET /fleet`` and the catalogue in ``/v1/models``.
+
+The gateway builds these, ``cortex status``/``cortex models`` and ``/ui`` read them;
+every field is always present (``None`` where the type says so), so readers need no
+fallbacks. Like the neuron's contract, fields may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from cortex.protocol.neuron import DeviceStatus, ModelState
+
+
+class GatewayPhase(StrEnum):
+    """A phase of one model on one node that only the gateway knows of."""
+
+    UNLOADING = "unloading"  # the gateway is evicting it: no new requests go there
+
+
+# One model on one node: what its neuron reports, or what the gateway is doing to it.
+ModelPhase = ModelState | GatewayPhase
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # a newer gateway may add fields
+
+
+class NodeModel(_Wire):
+    """One model on one node, as the gateway sees it (its requests in flight included)."""
+
+    id: str
+    state: ModelPhase
+    devices: list[str]
+    memory_mb: int
+    in_flight: int
+    queued: int
+    last_used: float
+    context_length: int | None
+    pinned: bool
+    priority: int
+
+
+class NodeView(_Wire):
+    name: str
+    endpoint: str
+    up: bool  # answered its last polls
+    compatible: bool  # speaks this gateway's contract major; else ``error`` says why
+    contract: str | None  # the neuron's contract version, once it answered
+    error: str | None
+    last_seen: float | None
+    devices: list[DeviceStatus]
+    reserved_mb: dict[str, int]  # by device: memory held for loads under way
+    models: list[NodeModel]
+    # Times the gateway restarted this neuron (the embedded default's local neuron, which
+    # it supervises); None for a neuron it does not run.
+    restarts: int | None = None
+
+
+class Placement(_Wire):
+    node: str
+    state: ModelPhase
+
+
+class CatalogueEntry(_Wire):
+    """One model of the merged catalogue (a ``models.toml`` profile, or loaded somewhere)."""
+
+    id: str
+    source: str | None
+    aliases: list[str]
+    pinned: bool
+    priority: int | None
+    context_length: int | None
+    nodes_allowed: list[str]
+    memory_estimate_mb: int | None
+    loaded_on: list[str]
+    placements: list[Placement]
+
+
+class FleetModel(CatalogueEntry):
+    requests_last_min: int
+
+
+class EvictionView(_Wire):
+    strategy: Literal["lru", "priority"]
+    idle_unload_after_s: float
+    defrag_after_cycles: int
+    cycles: int
+
+
+class FleetView(_Wire):
+    """``GET /fleet``."""
+
+    nodes: list[NodeView]
+    models: list[FleetModel]
+    requests_last_min: int
+    eviction: EvictionView
+
+
+class ListedModel(CatalogueEntry):
+    """One card of ``GET /v1/models``: OpenAI's fields and the catalogue entry."""
+
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelListing(_Wire):
+    """``GET /v1/models`` (OpenAI's shape)."""
+
+    object: Literal["list"] = "list"
+    data: list[ListedModel]

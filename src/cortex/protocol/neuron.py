@@ -1,0 +1,191 @@
+"""The neuron's API as wire types: what a neuron answers and accepts, and the gateway reads.
+
+The neuron serialises through these models and the gateway parses through them, so
+both sides agree on every field by construction. Wire names are part of the
+operator-facing contract (``curl /status``): fields may be added, never renamed.
+
+Versioning: ``/health`` and ``/status`` carry ``contract``, ``MAJOR.MINOR``. A minor
+release only adds fields (readers ignore what they do not know); a major release may
+change anything, so a gateway uses only neurons of its own major (``incompatibility``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from cortex.spec import ModelSpec
+
+CONTRACT_VERSION = "1.0"
+
+
+def contract_major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+def incompatibility(contract: str | None) -> str | None:
+    """Why a neuron speaking ``contract`` cannot be used by this side, or None when it can."""
+    ours = f"{contract_major(CONTRACT_VERSION)}.x"
+    if not contract:
+        return f"neuron speaks no contract version (older than 1.0); this gateway speaks {ours}"
+    if contract_major(contract) != contract_major(CONTRACT_VERSION):
+        return f"neuron speaks contract {contract}; this gateway speaks {ours}"
+    return None
+
+
+class ModelState(StrEnum):
+    """A model's lifecycle on its neuron (transitions: ``neuron/runtime/manager.py``)."""
+
+    LOADING = "loading"
+    READY = "ready"
+    POISONED = "poisoned"
+    RECOVERING = "recovering"
+
+
+class _Wire(BaseModel):
+    # A newer minor version may add fields: ignored, not refused.
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- GET /health, GET /status, GET /models ------------------------------------------
+
+
+class Health(_Wire):
+    status: Literal["ok"] = "ok"
+    contract: str = CONTRACT_VERSION
+
+
+class DeviceStatus(_Wire):
+    id: str  # "cpu" or "cuda:N"
+    name: str
+    memory_total_mb: int
+    memory_free_mb: int
+    memory_budget_mb: int | None  # the node's --memory-budget-mb, per device
+    memory_used_by_models_mb: int
+
+
+class EngineFaultStatus(_Wire):
+    """How a model's engine last failed."""
+
+    kind: str  # crash | killed | exited | device_error | engine_error | hang
+    signal: str | None = None  # e.g. SIGSEGV, for a crash or a kill
+    at: float  # unix time
+
+
+class ModelStatus(_Wire):
+    """One loaded model; also the answer to a load."""
+
+    id: str
+    state: ModelState
+    spec: ModelSpec
+    devices: list[str]
+    memory_mb: int
+    context_length: int | None  # None while loading
+    in_flight: int  # sequences in the batch
+    queued: int  # admitted, waiting for a place in the batch
+    last_used: float  # unix time
+    # The engine process (a tensor-parallel model: its ranks' processes, rank 0 first).
+    engine_pid: int | list[int] | None = None
+    restarts: int = 0  # engines rebuilt after a fault
+    last_fault: EngineFaultStatus | None = None
+    fallback: str | None = None  # why a safe setting was chosen, e.g. after a canary crash
+
+    @field_validator("spec", mode="before")
+    @classmethod
+    def _known_spec_keys(cls, value: Any) -> Any:
+        # ModelSpec refuses unknown keys (a models.toml typo must not pass), but a newer
+        # minor neuron may echo a spec with more of them: read what this side knows.
+        if isinstance(value, dict):
+            return {k: v for k, v in value.items() if k in ModelSpec.model_fields}
+        return value
+
+
+class NodeStatus(_Wire):
+    contract: str = CONTRACT_VERSION
+    node: str
+    devices: list[DeviceStatus]
+    models: list[ModelStatus]
+
+
+class ModelList(_Wire):
+    models: list[ModelStatus]
+
+
+# --- POST /models/load (body: cortex.spec.ModelSpec; answer: ModelStatus) --------------
+
+
+# --- POST /models/estimate (body: ModelSpec) ---------------------------------------------
+
+
+class EstimateDetail(_Wire):
+    """How the estimate adds up (``neuron.files.estimate.MemoryEstimate``)."""
+
+    format: Literal["gguf", "safetensors"]
+    weights_mb: int
+    kv_cache_mb: int
+    overhead_mb: int
+    total_mb: int  # the spec's memory_mb when overridden, else the sum of the three parts
+    embedding_mb: int
+    n_layer: int
+    n_head_kv: int
+    kv_heads_total: int
+    key_length: int
+    value_length: int
+    kv_tokens: int
+    kv_dtype_bytes: int
+    n_vocab: int
+    overridden: bool
+
+
+class EstimateAnswer(_Wire):
+    id: str
+    memory_mb: int
+    estimate: EstimateDetail
+
+
+# --- POST /models/unload -----------------------------------------------------------------
+
+
+class UnloadRequest(_Wire):
+    id: str
+
+
+class UnloadAnswer(_Wire):
+    id: str
+    unloaded: Literal[True] = True
+
+
+# --- POST /tokenize (answer) -------------------------------------------------------------
+
+
+class TokenCount(_Wire):
+    count: int
+
+
+# --- POST /debug/fault (testing only, --enable-fault-injection) ---------------------------
+
+
+class FaultRequest(_Wire):
+    model: str
+    kind: str  # segfault | abort | kill | hang | device_error
+
+
+class FaultAnswer(_Wire):
+    model: str
+    kind: str
+    armed: Literal[True] = True
+
+
+# --- per generation: the report (protocol.sse.REPORT_HEADER) -------------------------------
+
+
+class GenerationReport(_Wire):
+    """What a neuron measured for one generation: a header on a plain answer, an SSE
+    comment before ``[DONE]`` on a stream."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_ms: float | None  # None when no token came
