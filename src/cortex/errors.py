@@ -190,10 +190,20 @@ class Unavailable(CortexError):
 
 
 class ModelRecovering(Unavailable):
-    def __init__(self, model: str, *, retry_after_s: float = 2.0) -> None:
+    """``crashed``: its engine crashed with this request in it (``engine_crashed``); the
+    gateway does not send the same request to another node, which it could crash too."""
+
+    def __init__(self, model: str, *, retry_after_s: float = 2.0, crashed: bool = False) -> None:
+        if crashed:
+            message = (
+                f"The model '{model}' crashed while running this request and is recovering; "
+                "the same request may crash it again."
+            )
+        else:
+            message = f"The model '{model}' hit a fault and is recovering; retry shortly."
         super().__init__(
-            f"The model '{model}' hit a fault and is recovering; retry shortly.",
-            code="model_recovering",
+            message,
+            code="engine_crashed" if crashed else "model_recovering",
             retry_after_s=retry_after_s,
         )
 

@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from cortex.errors import CortexError, ModelRecovering, Unavailable, UpstreamError
 from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable, UpstreamResponse
+from cortex.gateway.poison import CRASHED_CODE, PoisonGuard, fingerprint
 from cortex.gateway.poller import Poller
 from cortex.gateway.recording import record
 from cortex.gateway.renderers import Renderer
@@ -65,6 +66,7 @@ class Upstream:
         self._scheduler = scheduler
         self._closed = False
         self.on_close: list[Callable[[Upstream], None]] = []
+        self.fingerprint = ""
 
     def close(self) -> None:
         if not self._closed:
@@ -86,6 +88,7 @@ class Proxy:
         idle_timeout_s: float = 300,
     ) -> None:
         self._idle_timeout_s = idle_timeout_s
+        self.poison = PoisonGuard()
         self._open: dict[str, set[Upstream]] = {}  # by node: answers being read
         self._pending: dict[str, set[asyncio.Future[UpstreamResponse]]] = {}  # awaited
         self._cut: set[asyncio.Future[UpstreamResponse]] = set()
@@ -98,6 +101,8 @@ class Proxy:
     async def open(self, request: UpstreamRequest) -> Upstream:
         """Send ``request`` to a node serving its model; retry elsewhere before any byte."""
         model_id = request.model_id
+        key = fingerprint(request.path, request.body)
+        self.poison.check(key, model_id)
         tried: set[str] = set()
         last_error: CortexError | None = None
         for _ in range(max(1, len(self._fleet.nodes))):
@@ -119,6 +124,7 @@ class Proxy:
                 last_error = exc
                 continue
             upstream = Upstream(node, model_id, response, self._scheduler)
+            upstream.fingerprint = key
             self._open.setdefault(node.name, set()).add(upstream)
             upstream.on_close.append(lambda done: self._open[done.node.name].discard(done))
             if current is not None:
@@ -130,6 +136,9 @@ class Proxy:
             error = error_from_openai_body(
                 response.status, raw_error, response.headers.get("Retry-After")
             )
+            if error.code == CRASHED_CODE:  # it may be what crashed it: no other node
+                self.poison.remember(key, model_id)
+                raise error
             if response.status == 503:  # recovering there: another holder may serve it
                 tried.add(node.name)
                 last_error = error
@@ -249,6 +258,8 @@ class Proxy:
                     _note_report(event)
                     continue  # ours, not the client's
                 ended = ended or event == DONE or event.startswith(_ERROR_EVENT)
+                if event.startswith(_ERROR_EVENT) and CRASHED_CODE.encode() in event:
+                    self.poison.remember(upstream.fingerprint, upstream.model_id)
                 if rendered := renderer.event(event):
                     yield rendered
             if not ended:

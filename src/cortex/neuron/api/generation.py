@@ -239,6 +239,8 @@ def finish_error(event: Finished, model_id: str) -> CortexError:
     if kind is FailureKind.FAULT:
         # The model reloads itself: a retry shortly (or on another node) will work.
         return ModelRecovering(model_id)
+    if kind is FailureKind.CRASH:
+        return ModelRecovering(model_id, crashed=True)
     detail = failure.detail if failure else event.reason
     return UpstreamError(f"generation failed: {detail}", code="engine_error")
 

@@ -54,6 +54,9 @@ class FailureKind(StrEnum):
     """Why a generation ended in error; each maps to one client-facing answer."""
 
     FAULT = "fault"  # the engine's state is in doubt: the model reloads, a retry works
+    # the engine process crashed (a signal) with this request in it: the request may be
+    # the cause, so it is not retried elsewhere (it could crash that engine too)
+    CRASH = "crash"
     GRAMMAR = "grammar"  # the request's output grammar could not be compiled: a 400
     UNLOADED = "unloaded"  # the model was unloaded under the request
 

@@ -356,6 +356,8 @@ class EngineProcess:
         self._exit = exit
         if self._closing and self._reported is None:
             failure = Failure(FailureKind.UNLOADED, "model unloaded")
+        elif exit.kind == "crash":
+            failure = Failure(FailureKind.CRASH, exit.detail)
         else:
             failure = Failure(FailureKind.FAULT, exit.detail)
         for request in list(self._requests.values()):
