@@ -177,6 +177,11 @@ class HttpNeuronClient:
                 **kwargs,
             ) as response:
                 raw = await response.read()
+                if response.status == 401:  # the operator's to fix, not the client's key
+                    raise NeuronUnreachable(
+                        f"node '{self.endpoint.name}' refused the gateway's token for it: "
+                        "check `token` under its [[neurons]] entry in cortex.toml"
+                    )
                 if response.status != 200:
                     raise error_from_openai_body(
                         response.status, raw, response.headers.get("Retry-After")

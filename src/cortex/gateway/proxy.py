@@ -90,8 +90,8 @@ class Proxy:
         self._idle_timeout_s = idle_timeout_s
         self.poison = PoisonGuard()
         self._open: dict[str, set[Upstream]] = {}  # by node: answers being read
-        self._pending: dict[str, set[asyncio.Future[UpstreamResponse]]] = {}  # awaited
-        self._cut: set[asyncio.Future[UpstreamResponse]] = set()
+        self._pending: dict[str, set[asyncio.Task[Any]]] = {}  # awaiting a node's headers
+        self._cut: set[asyncio.Task[Any]] = set()
         self._scheduler = scheduler
         self._fleet = fleet
         self._clients = clients
@@ -136,6 +136,16 @@ class Proxy:
             error = error_from_openai_body(
                 response.status, raw_error, response.headers.get("Retry-After")
             )
+            if response.status == 401:  # the node refused our token: the operator's to fix
+                error = UpstreamError(
+                    f"node '{node.name}' refused the gateway's token for it: check `token` "
+                    "under its [[neurons]] entry in cortex.toml",
+                    code="neuron_token_refused",
+                )
+                self._fleet.mark_down(node.name, error.message)
+                tried.add(node.name)
+                last_error = error
+                continue
             if error.code == CRASHED_CODE:  # it may be what crashed it: no other node
                 self.poison.remember(key, model_id)
                 raise error
@@ -154,28 +164,34 @@ class Proxy:
         raise last_error or ModelRecovering(model_id)
 
     async def _opening(self, name: str, request: UpstreamRequest) -> UpstreamResponse:
-        """The node's response headers; a node cut meanwhile makes it unreachable."""
-        opening = asyncio.ensure_future(
-            self._clients[name].open_stream(request.path, request.body, request.headers)
-        )
+        """The node's response headers; a node cut meanwhile makes it unreachable.
+
+        The waiting task itself is registered (no extra task per request: this is the
+        hot path); ``cut_node`` cancels it, and the cancellation is turned back into
+        ``NeuronUnreachable`` here, so the request can still go to another node."""
+        task = asyncio.current_task()
+        assert task is not None
         pending = self._pending.setdefault(name, set())
-        pending.add(opening)
+        pending.add(task)
         try:
-            return await opening
+            return await self._clients[name].open_stream(
+                request.path, request.body, request.headers
+            )
         except asyncio.CancelledError:
-            if opening in self._cut:
+            if task in self._cut:
+                task.uncancel()
                 raise NeuronUnreachable(f"node '{name}' went down before it answered") from None
             raise
         finally:
-            pending.discard(opening)
-            self._cut.discard(opening)
+            pending.discard(task)
+            self._cut.discard(task)
 
     def cut_node(self, name: str) -> None:
         """The node went down (the poller says so): end every answer still awaited or
         read from it, so its clients get an error now rather than wait on a frozen host."""
-        for opening in list(self._pending.get(name, ())):
-            self._cut.add(opening)
-            opening.cancel()
+        for waiting in list(self._pending.get(name, ())):
+            self._cut.add(waiting)
+            waiting.cancel()
         for upstream in list(self._open.get(name, ())):
             log.warning("node=%s down: ending its answer in flight", name)
             # wakes a reader waiting on the body (closing alone leaves a read() pending)

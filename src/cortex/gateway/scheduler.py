@@ -253,7 +253,14 @@ class Scheduler:
             if last_error is not None:
                 raise last_error
             where = f" (affinity: {', '.join(profile.nodes)})" if profile.nodes else ""
-            raise Unavailable(f"No reachable node may load '{profile.id}'{where}.", retry_after_s=5)
+            # why the nodes are out: what an operator must fix (a wrong token, a host down)
+            why = "; ".join(
+                f"{n.name}: {n.error}" for n in self._fleet.nodes.values() if n.error
+            )
+            raise Unavailable(
+                f"No reachable node may load '{profile.id}'{where}." + (f" {why}" if why else ""),
+                retry_after_s=5,
+            )
         answer = plan_load(
             rooms_of(eligible, self._catalogue.profiles), need_mb, self._eviction.strategy
         )
