@@ -144,6 +144,15 @@ class Process:
             time.sleep(0.1)
         raise RuntimeError(f"{what}: not ready after {timeout_s}s\n{self.log_tail()}")
 
+    def start_or_stop(self, ready: Callable[[], bool], what: str) -> None:
+        """``wait_until`` for a constructor: a process that never gets ready (or whose
+        readiness check fails) is stopped, not left running with no one to stop it."""
+        try:
+            self.wait_until(ready, what)
+        except BaseException:
+            self.stop()
+            raise
+
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
@@ -172,27 +181,38 @@ class Neuron(Process):
         loads: list[str] | None = None,
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        token: str | None = None,
     ) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        extra = list(extra or [])
+        if token is None and "--token" in extra:  # given as a flag: this wrapper uses it too
+            token = extra[extra.index("--token") + 1]
+        # a token-file or neuron.toml token is passed here by the test that set it
+        self.token = token
         command = [
             sys.executable, "-m", "cortex.neuron.cli", "serve",
             "--listen", f"127.0.0.1:{self.port}", "--name", name,
             *[arg for spec in (loads or []) for arg in ("--load", spec)],
-            *(extra or []),
+            *extra,
         ]  # fmt: skip
         super().__init__(command, tmp / f"neuron-{name}.log", env=env)
         expected = {spec.split("=", 1)[0] for spec in loads or []}
-        self.wait_until(lambda: self._ready(expected), f"neuron {name}")
+        self.start_or_stop(lambda: self._ready(expected), f"neuron {name}")
 
     def _ready(self, expected: set[str]) -> bool:
         status = self.status()
         ready = {m["id"] for m in status["models"] if m["state"] == "ready"}
         return expected <= ready
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The neuron's token, when it has one: every route but /health needs it."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     def status(self) -> dict:
-        return httpx.get(self.url + "/status", timeout=2).json()
+        return httpx.get(self.url + "/status", headers=self.headers, timeout=2).json()
 
     def model(self, model_id: str) -> dict | None:
         return next((m for m in self.status()["models"] if m["id"] == model_id), None)
@@ -235,7 +255,7 @@ class Gateway(Process):
             command += ["--models", str(models_path)]
         super().__init__(command, tmp / "gateway.log", cwd=cwd or tmp)
         wanted = wait_for_models or set()
-        self.wait_until(lambda: self._ready(wanted), "gateway")
+        self.start_or_stop(lambda: self._ready(wanted), "gateway")
 
     def _ready(self, wanted: set[str]) -> bool:
         if httpx.get(self.url + "/health", timeout=2).status_code != 200:

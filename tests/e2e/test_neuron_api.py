@@ -335,7 +335,7 @@ prefix_cache = false
 """
     )
     # procs.Neuron passes --name: it overrides the file's
-    node = Neuron(tmp_path, "from-the-flag", extra=["--config", str(config)])
+    node = Neuron(tmp_path, "from-the-flag", extra=["--config", str(config)], token="file-token")
     try:
         status = node.status()
         assert status["node"] == "from-the-flag"
@@ -348,13 +348,12 @@ prefix_cache = false
         assert configured["max_queue"] == 3 and configured["aliases"] == ["conf"]
         assert models["configured"]["context_length"] == 1024
         assert models["uncached"]["spec"]["prefix_cache"] is False
-        reply = httpx.post(
-            node.url + "/v1/chat/completions",
-            json={"model": "configured", "messages": FRANCE, "max_tokens": 2},
-            timeout=60,
-        )
+        chat = {"model": "configured", "messages": FRANCE, "max_tokens": 2}
+        url = node.url + "/v1/chat/completions"
+        reply = httpx.post(url, json=chat, headers=node.headers, timeout=60)
         assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
-        # the file's token guards the admin routes
+        # the file's token guards the neuron
+        assert httpx.post(url, json=chat, timeout=60).status_code == 401
         unload = {"id": "uncached"}
         assert httpx.post(node.url + "/models/unload", json=unload).status_code == 401
         headers = {"Authorization": "Bearer file-token"}

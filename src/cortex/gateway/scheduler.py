@@ -254,9 +254,7 @@ class Scheduler:
                 raise last_error
             where = f" (affinity: {', '.join(profile.nodes)})" if profile.nodes else ""
             # why the nodes are out: what an operator must fix (a wrong token, a host down)
-            why = "; ".join(
-                f"{n.name}: {n.error}" for n in self._fleet.nodes.values() if n.error
-            )
+            why = "; ".join(f"{n.name}: {n.error}" for n in self._fleet.nodes.values() if n.error)
             raise Unavailable(
                 f"No reachable node may load '{profile.id}'{where}." + (f" {why}" if why else ""),
                 retry_after_s=5,

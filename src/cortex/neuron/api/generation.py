@@ -236,6 +236,8 @@ def finish_error(event: Finished, model_id: str) -> CortexError:
     kind = failure.kind if failure else None
     if kind is FailureKind.GRAMMAR:
         return InvalidRequest("The output grammar could not be compiled.")
+    if kind is FailureKind.REFUSED and failure is not None:
+        return InvalidRequest(failure.detail)
     if kind is FailureKind.FAULT:
         # The model reloads itself: a retry shortly (or on another node) will work.
         return ModelRecovering(model_id)

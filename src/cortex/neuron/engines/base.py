@@ -59,6 +59,7 @@ class FailureKind(StrEnum):
     CRASH = "crash"
     GRAMMAR = "grammar"  # the request's output grammar could not be compiled: a 400
     UNLOADED = "unloaded"  # the model was unloaded under the request
+    REFUSED = "refused"  # the engine cannot serve this request (e.g. a grammar): a 400
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ from cortex.neuron.engines.base import (
     Engine,
     EngineFault,
     Event,
+    Failure,
+    FailureKind,
     Finished,
     GenerationRequest,
     SamplingParams,
@@ -179,7 +181,14 @@ class _Host:
                 sink=self._outbox.sink_for(request_id, self._requests.pop),
             )
             self._requests[request_id] = request
-            self._engine.submit(request)
+            try:
+                self._engine.submit(request)
+            except CortexError as exc:  # this request, not the engine: a 400, no fault
+                self._requests.pop(request_id, None)
+                refused = Failure(FailureKind.REFUSED, exc.message)
+                finished = Finished("error", len(prompt), 0, error=refused)
+                self._outbox.events.append(wire.encode_event(request_id, finished))
+                self._flush(0, always=True)
         elif kind == wire.CANCEL:
             request = self._requests.get(message[1])
             if request is not None:
