@@ -23,10 +23,12 @@ TOKENS = 16
 # Prompts whose reference greedy path has no near-tie in its first 16 tokens.
 EXACT = [
     "Name the largest planet in the solar system.",
-    "Who wrote Romeo and Juliet?",
     "What is 2+2?",
 ]
+# Near ties flip with the CPU's kernels too: Romeo and Juliet matches on some x86 hosts
+# and takes the other branch after 47 characters on an AMD EPYC (family 25).
 NEAR_TIE = [
+    "Who wrote Romeo and Juliet?",
     "What is the capital of France?",
     "List three primary colors.",
     "Write a haiku about the sea.",
