@@ -11,7 +11,9 @@ it on the opening tokens of prompts without a near tie (``test_reference_equalit
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -34,7 +36,7 @@ TP2 = "smollm2-dense-tp2"
 # test_reference_equality): there the Q4_1 and fp32 answers must agree.
 PROMPTS = [
     "Name the largest planet in the solar system.",
-    "Who wrote Romeo and Juliet?",
+    "What is the capital of Japan?",  # Romeo and Juliet: a near tie on some CPUs
     "What is 2+2?",
 ]
 OPENING = 16
@@ -203,9 +205,11 @@ def tp_node(dense_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def tp_workers(node: Neuron) -> list[int]:
-    """The neuron's children that are multiprocessing spawn workers (TP ranks)."""
+    """The TP ranks the neuron's engine processes started (multiprocessing spawn
+    workers: the neuron's grandchildren, since every model has an engine process)."""
     found = []
-    for pid in children_of(node.pid):
+    engines = children_of(node.pid)
+    for pid in [grandchild for engine in engines for grandchild in children_of(engine)]:
         try:
             if "spawn_main" in " ".join(psutil.Process(pid).cmdline()):
                 found.append(pid)
@@ -226,8 +230,7 @@ def test_tp2_greedy_equals_tp1_over_consecutive_requests(tp_node: Neuron) -> Non
 def test_a_killed_tp_worker_fails_the_request_then_the_model_heals(tp_node: Neuron) -> None:
     before = greedy(tp_node, TP2, PROMPTS[1])
     [victim] = tp_workers(tp_node)
-    fault = httpx.post(tp_node.url + "/debug/fault", json={"model": TP2, "kind": "worker_crash"})
-    assert fault.status_code == 200, fault.text
+    os.kill(victim, signal.SIGKILL)  # a rank dies (the OOM killer, a native crash)
     body = {
         "model": TP2,
         "messages": [{"role": "user", "content": PROMPTS[1]}],
@@ -262,10 +265,10 @@ def test_unloading_a_tp_model_leaves_no_process_and_no_port(tp_node: Neuron) -> 
     assert unloaded.status_code == 200, unloaded.text
     assert not [pid for pid in workers if alive(pid)]
     assert tp_workers(tp_node) == []
-    # What stays: multiprocessing's resource tracker (one per process, started by the
-    # first spawn, gone with the neuron), nothing else.
+    # What stays: the other models' engine processes, nothing of the TP model's.
+    engines = {m["engine_pid"] for m in tp_node.status()["models"]}
     for pid in children_of(tp_node.pid):
-        assert "resource_tracker" in " ".join(psutil.Process(pid).cmdline())
+        assert pid in engines or "resource_tracker" in " ".join(psutil.Process(pid).cmdline())
     listening = {
         c.laddr.port
         for c in psutil.Process(tp_node.pid).net_connections(kind="tcp")

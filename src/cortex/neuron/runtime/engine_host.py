@@ -268,7 +268,8 @@ def main(conn: Connection) -> None:
     path, spec, device_id, n_threads, use_extra_buffer_types = wire.decode(conn.recv_bytes())
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the neuron, which closes us
-    logging.basicConfig(level=logging.WARNING, format="engine %(levelname)s %(message)s")
+    # to the neuron's stderr (inherited), marked as this engine's
+    logging.basicConfig(level=logging.INFO, format="engine %(levelname)s %(name)s %(message)s")
     from cortex.neuron.engines import engine_for
 
     try:
