@@ -19,7 +19,11 @@ Lines (median of the runs; ``--quick`` runs fewer and shorter):
 4. RSS of an engine process with no model loaded (Python, cortex and llama_cpp
    imported): what the memory estimate adds per model (``ENGINE_PROCESS_MB``).
 
-Usage: ``.venv/bin/python bench/engine_process_bench.py [--quick] [--json OUT]``
+``--buffer-types`` measures instead what llama.cpp's extra buffer types are worth (the
+fast path the canary may turn off): prefill tok/s of a ~400-token prompt and
+single-stream decode tok/s, engine processes with them on and off, alternated.
+
+Usage: ``.venv/bin/python bench/engine_process_bench.py [--quick] [--buffer-types] [--json OUT]``
 """
 
 from __future__ import annotations
@@ -135,6 +139,34 @@ async def measure(kind: str, spec: ModelSpec, path: Path, quick: bool) -> dict[s
         await host.close()
 
 
+async def buffer_types(path: Path, runs: int) -> None:
+    """Prefill and decode tok/s with llama.cpp's extra buffer types on and off."""
+    spec = ModelSpec(id="bench", source=BUNDLED_MODEL_SOURCE, context_length=2048)
+    results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    for run in range(runs):
+        for on in (True, False):
+            host = await EngineProcess.launch(
+                path, spec, "cpu", 2, use_extra_buffer_types=on, on_exit=lambda exit: None
+            )
+            try:
+                text = "Tell me about the sea and its waves. " * 40 + f"(run {run} {on})"
+                prompt = await host.tokenize(TEMPLATE.format(text))  # never cached
+                ttft, _, _ = await generate(host, prompt, 1)
+                story = await host.tokenize(TEMPLATE.format("Write a long story about the sea."))
+                await generate(host, story, 8)
+                _, span, count = await generate(host, story, 256)
+                results[on].append((len(prompt) / ttft, (count - 1) / span))
+            finally:
+                await host.close()
+    for on, rows in results.items():
+        prefill = statistics.median(r[0] for r in rows)
+        decode = statistics.median(r[1] for r in rows)
+        print(
+            f"extra buffer types {'on ' if on else 'off'}: prefill {prefill:.0f} tok/s, "
+            f"decode {decode:.1f} tok/s"
+        )
+
+
 def idle_engine_rss_mb() -> float:
     code = (
         "import cortex.neuron.runtime.engine_host, cortex.neuron.engines.llamacpp.engine\n"
@@ -150,8 +182,12 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--buffer-types", action="store_true")
     args = parser.parse_args()
     path = resolve_local(parse_source(BUNDLED_MODEL_SOURCE))
+    if args.buffer_types:
+        await buffer_types(path, 1 if args.quick else args.runs)
+        return
     spec = ModelSpec(id="bench", source=BUNDLED_MODEL_SOURCE, max_batch=8, context_length=2048)
     runs: dict[str, list[dict[str, float]]] = {"thread": [], "process": []}
     for _ in range(1 if args.quick else args.runs):
