@@ -11,8 +11,6 @@ back, the poller sees it up and the pinned model loads again.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -24,6 +22,8 @@ import threading
 import time
 
 import httpx
+
+from cortex.lifetime import die_with_parent
 
 log = logging.getLogger("cortex.gateway.local_neuron")
 
@@ -40,8 +40,7 @@ def free_loopback_port() -> int:
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent(signal.SIGTERM)  # a clean stop: the neuron closes its engines
 
 
 class LocalNeuron:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cortex.errors import CortexError
+from cortex.lifetime import die_with_parent
 from cortex.neuron.engines.base import (
     EmbeddingJob,
     Engine,
@@ -58,13 +59,6 @@ CRASH_CANARY_ENV = "CORTEX_TEST_CRASH_CANARY_WITH_EXTRA_BUFTS"
 def crash_natively() -> None:
     """Dereference NULL in native code: a real SIGSEGV, as a buggy kernel would give."""
     ctypes.string_at(0)
-
-
-def _die_with_parent() -> None:
-    # An engine whose neuron is gone (even by SIGKILL) must not hold the device.
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PDEATHSIG
 
 
 class _Outbox:
@@ -266,7 +260,7 @@ def _suffer(kind: str) -> None:
 def main(conn: Connection) -> None:
     """The engine process: load what the first message names, then serve until closed."""
     path, spec, device_id, n_threads, use_extra_buffer_types = wire.decode(conn.recv_bytes())
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)  # a neuron gone (even by SIGKILL) frees the device
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the neuron, which closes us
     # to the neuron's stderr (inherited), marked as this engine's
     logging.basicConfig(level=logging.INFO, format="engine %(levelname)s %(name)s %(message)s")
