@@ -65,6 +65,11 @@ class GatewaySection(BaseModel):
     # a stream from a node that sends nothing for this long is ended with an error event
     # (a frozen node would otherwise hold its clients forever)
     upstream_idle_timeout_s: float = Field(default=300, gt=0)
+    # a request's headers must arrive within this (slow senders would hold sockets forever)
+    header_timeout_s: float = Field(default=30, gt=0)
+    # on SIGTERM/Ctrl-C: answers in flight get this long to finish, then streams end with
+    # an error event the client can act on (rather than a cut connection)
+    shutdown_grace_s: float = Field(default=30, ge=0)
 
     @field_validator("listen", "metrics_listen")
     @classmethod

@@ -80,12 +80,12 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
     from prometheus_client import CollectorRegistry
 
-    from cortex.gateway.app import create_app
+    from cortex.gateway.app import SHUTDOWN_FLUSH_S, begin_shutdown, create_app
     from cortex.gateway.local_neuron import LocalNeuron
     from cortex.gateway.metrics_server import start_metrics_server
+    from cortex.http_server import serve
     from cortex.logs import setup_logging
 
     setup_logging(args.log_format)
@@ -123,14 +123,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         console.print(
             f"cortex: serving on http://{host}:{port} (metrics on {config.gateway.metrics_listen})"
         )
-        uvicorn.run(
+        gateway = config.gateway
+        serve(
             app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=False,  # nothing here reads X-Forwarded-*; skip parsing them
-            timeout_graceful_shutdown=5,
+            host,
+            port,
+            header_timeout_s=gateway.header_timeout_s,
+            graceful_s=gateway.shutdown_grace_s + SHUTDOWN_FLUSH_S,
+            on_shutdown=lambda: begin_shutdown(app),
         )
     except KeyboardInterrupt:
         pass

@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from cortex.config import GatewayConfig, ModelsConfig
 from cortex.error_handlers import error_handlers
+from cortex.errors import Unavailable
 from cortex.gateway.auth import ApiKeys
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
@@ -136,3 +137,25 @@ def create_app(
         exception_handlers=error_handlers(log),
         middleware=[Middleware(RequestRecorder, metrics=metrics, recent=recent)],
     )
+
+
+# How long after the grace period uvicorn keeps the connections open: enough for the
+# error events that end the streams to be written.
+SHUTDOWN_FLUSH_S = 2.0
+
+
+def begin_shutdown(app: Starlette) -> None:
+    """A shutdown began (SIGTERM, Ctrl-C): uvicorn has stopped accepting. Answers in
+    flight get ``shutdown_grace_s`` to finish; then each stream ends with an error event
+    and each waiting request with a 503, so clients know to retry rather than see a cut."""
+    state: GatewayState | None = getattr(app.state, "gateway", None)
+    if state is None:  # still starting up
+        return
+    grace = state.config.gateway.shutdown_grace_s
+    log.warning("shutting down: answers in flight get %.0f s to finish", grace)
+    error = Unavailable(
+        "The gateway is shutting down; retry shortly.",
+        code="gateway_shutting_down",
+        retry_after_s=2,
+    )
+    asyncio.get_running_loop().call_later(grace, state.proxy.end_all, error)

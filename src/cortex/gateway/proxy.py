@@ -67,6 +67,7 @@ class Upstream:
         self._closed = False
         self.on_close: list[Callable[[Upstream], None]] = []
         self.fingerprint = ""
+        self.ended_by: CortexError | None = None  # the gateway ended it (a shutdown)
 
     def close(self) -> None:
         if not self._closed:
@@ -92,6 +93,8 @@ class Proxy:
         self._open: dict[str, set[Upstream]] = {}  # by node: answers being read
         self._pending: dict[str, set[asyncio.Task[Any]]] = {}  # awaiting a node's headers
         self._cut: set[asyncio.Task[Any]] = set()
+        self._opens: set[asyncio.Task[Any]] = set()  # requests not yet answered by a node
+        self._ending: CortexError | None = None  # set once answers in flight must end
         self._scheduler = scheduler
         self._fleet = fleet
         self._clients = clients
@@ -100,6 +103,22 @@ class Proxy:
 
     async def open(self, request: UpstreamRequest) -> Upstream:
         """Send ``request`` to a node serving its model; retry elsewhere before any byte."""
+        if self._ending is not None:
+            raise self._ending
+        task = asyncio.current_task()
+        assert task is not None
+        self._opens.add(task)
+        try:
+            return await self._send_to_a_node(request)
+        except asyncio.CancelledError:
+            if self._ending is not None and task.cancelling() == 1:
+                task.uncancel()  # ended by the gateway, not by the client: say so
+                raise self._ending from None
+            raise
+        finally:
+            self._opens.discard(task)
+
+    async def _send_to_a_node(self, request: UpstreamRequest) -> Upstream:
         model_id = request.model_id
         key = fingerprint(request.path, request.body)
         self.poison.check(key, model_id)
@@ -200,12 +219,29 @@ class Proxy:
             )
             upstream.response.close()
 
+    def end_all(self, error: CortexError) -> None:
+        """The gateway is going away: every answer in flight, or still waiting for a node
+        or a load, ends now with ``error`` (an error event on a started stream); new
+        requests get it at once."""
+        self._ending = error
+        for task in list(self._opens):
+            task.cancel()
+        for upstreams in self._open.values():
+            for upstream in list(upstreams):
+                upstream.ended_by = error
+                upstream.response.content.set_exception(
+                    aiohttp.ClientConnectionError(error.message)
+                )
+                upstream.response.close()
+
     async def fetch(self, request: UpstreamRequest) -> tuple[Node, bytes]:
         """A non-streamed answer: the node that served it, and the body."""
         upstream = await self.open(request)
         try:
             body = await upstream.response.read()
         except aiohttp.ClientError as exc:
+            if upstream.ended_by is not None:
+                raise upstream.ended_by from None
             raise UpstreamError(f"node '{upstream.node.name}' failed mid-response: {exc}") from exc
         finally:
             upstream.close()
@@ -281,6 +317,9 @@ class Proxy:
             if not ended:
                 raise aiohttp.ClientPayloadError("stream ended before [DONE]")
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if upstream.ended_by is not None:
+                yield renderer.error(upstream.ended_by)
+                return
             node = upstream.node.name
             log.warning("node=%s stream cut: %s", node, exc)
             self._poller.poke()

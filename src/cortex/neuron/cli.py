@@ -8,10 +8,10 @@ import sys
 import tomllib
 from pathlib import Path
 
-import uvicorn
 from pydantic import ValidationError
 
 from cortex.config import ConfigError, format_validation_error, parse_host_port
+from cortex.http_server import serve
 from cortex.logs import setup_logging
 from cortex.neuron.settings import NeuronSettings
 from cortex.spec import ModelSpec
@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a decode step longer than this is a hang; the model reloads (default 60)",
     )
     serve.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=None,
+        help="a request's headers must arrive within this, else a 408 (default 30)",
+    )
+    serve.add_argument(
         "--cpu-tp-ranks",
         type=int,
         default=1,
@@ -103,6 +109,7 @@ def load_settings(args: argparse.Namespace) -> NeuronSettings:
         "token": _token(args),
         "enable_fault_injection": args.enable_fault_injection,
         "step_deadline_s": args.step_deadline_s,
+        "header_timeout_s": args.header_timeout_s,
         "cpu_tp_ranks": args.cpu_tp_ranks,
     }
     fields.update({key: value for key, value in flags.items() if value is not None})
@@ -126,13 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from cortex.neuron.app import create_app
 
-    uvicorn.run(
+    serve(
         create_app(settings),
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=5,
+        host,
+        port,
+        header_timeout_s=settings.header_timeout_s,
+        graceful_s=5,
     )
     return 0
 

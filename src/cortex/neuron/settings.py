@@ -20,3 +20,4 @@ class NeuronSettings(BaseModel):
     cpu_tp_ranks: int = Field(default=1, ge=1)
     load: list[ModelSpec] = Field(default_factory=list)
     max_body_mb: int = Field(default=32, ge=1)  # request bodies past this are a 413
+    header_timeout_s: float = Field(default=30, gt=0)  # a request's headers, or a 408
