@@ -143,17 +143,23 @@ def cancelled(neuron: Neuron) -> float:
     return metric(neuron.url + "/metrics", "neuron_requests_total", model=MODEL, finish="cancelled")
 
 
+def generated(neuron: Neuron) -> float:
+    return metric(neuron.url + "/metrics", "neuron_generated_tokens_total", model=MODEL)
+
+
 def test_client_disconnect_stops_generation(gateway: Gateway, neuron: Neuron) -> None:
-    before = cancelled(neuron)
+    before, tokens_before = cancelled(neuron), generated(neuron)
     body = {**ESSAY, "stream": True}
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=30) as s:
         lines = s.iter_lines()  # kept: a dropped iterator closes the stream
-        first_token(lines)
+        seen = [first_token(lines) for _ in range(5)]
         assert neuron.model(MODEL)["in_flight"] == 1
     # Freed at the next decode step. The wait's bound is generous; what proves the stop
     # is how the neuron counts the generation's end: cancelled, not stop or length.
     wait_for(lambda: neuron.model(MODEL)["in_flight"] == 0, "the generation to stop")
-    assert cancelled(neuron) == before + 1
+    wait_for(lambda: cancelled(neuron) == before + 1, "the generation counted as cancelled")
+    # What a cancelled generation produced is counted: at least the tokens the client saw.
+    assert generated(neuron) >= tokens_before + len(seen)
 
 
 def post_and_leave(url: str, body: dict, started: Callable[[], bool]) -> None:
@@ -181,7 +187,7 @@ def test_a_client_leaving_a_non_streamed_request_stops_its_generation(
         url + "/v1/chat/completions", ESSAY, lambda: neuron.model(MODEL)["in_flight"] == 1
     )
     wait_for(lambda: neuron.model(MODEL)["in_flight"] == 0, "the generation to stop")
-    assert cancelled(neuron) == before + 1
+    wait_for(lambda: cancelled(neuron) == before + 1, "the generation counted as cancelled")
 
 
 def test_liveness_and_fleet(gateway: Gateway) -> None:

@@ -29,8 +29,9 @@ from cortex.errors import (
     ModelRecovering,
     Overloaded,
 )
+from cortex.neuron.api.embeddings import embed
 from cortex.neuron.api.generation import admit, collect, finish_error, generate, tokenize
-from cortex.neuron.engines.base import FailureKind, Finished, TextChunk
+from cortex.neuron.engines.base import EmbeddingJob, FailureKind, Finished, TextChunk
 from cortex.neuron.runtime.engine_process import EngineExit, EngineLoadFailed
 from cortex.neuron.runtime.manager import ModelManager, ModelState
 from cortex.protocol.neuron import EngineFaultStatus
@@ -380,7 +381,7 @@ async def test_the_watchdog_kills_a_silent_engine_with_work_and_the_model_recove
         await eventually(lambda: old.silent_for() > 0.05)  # past the deadline, still hung
 
         with pytest.raises(ModelRecovering):
-            await asyncio.wait_for(request, 2.0)
+            await asyncio.wait_for(request, 10.0)  # a bound, not a timing check
         assert old.exit is not None and old.exit.kind == "hang"
         assert _state(manager, "m") is ModelState.RECOVERING
         assert loaded.in_flight == 0
@@ -505,10 +506,32 @@ async def test_closing_a_generation_early_cancels_it_and_frees_its_place(
         assert len(engine.cancelled) == 1
         await eventually(lambda: [f.reason for f in engine.engine.emitted] == ["cancelled"])
         assert engine.outstanding == 0
-        assert _requests(manager, "m", "cancelled") == 1
+        # counted once the engine says how far it got
+        await eventually(lambda: _requests(manager, "m", "cancelled") == 1)
+        # what it generated before it was cancelled is counted, not zero
+        cancelled = engine.engine.emitted[0].completion_tokens
+        assert cancelled >= 1
+        assert _sample(manager, "neuron_generated_tokens_total", model="m") == cancelled
 
         text, _ = await _generate_once(manager, "m", max_new_tokens=3)  # the freed place
         assert text == "Hello world!"
+
+
+async def test_embedding_jobs_count_against_the_same_admission_limit(files: FakeFiles) -> None:
+    files.engine_options["endless"] = True
+    files.step_delay_s = 0.002
+    async with running_manager(files) as manager:
+        loaded = await manager.load(spec_of("m", max_batch=1, max_queue=0))
+        serving = manager.ready("m")
+        stream = generate(serving, admit(serving, prepared_for(serving, max_new_tokens=10_000)))
+        async with contextlib.aclosing(stream):
+            await _first_chunk(stream)
+            with pytest.raises(Overloaded):  # the one place is taken by the generation
+                await embed(serving, EmbeddingJob(inputs=[[1, 2]]), "float")
+        await eventually(lambda: loaded.in_flight == 0)
+        answer = await embed(serving, EmbeddingJob(inputs=[[1, 2]]), "float")
+        assert len(answer.data) == 1
+        assert loaded.in_flight == 0  # given back
 
 
 async def test_admission_beyond_batch_and_queue_is_overloaded(files: FakeFiles) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 
 import numpy as np
 
 from cortex.errors import ContextOverflow, InvalidRequest, ModelRecovering
-from cortex.neuron.api.generation import check_token_ids, tokenize
+from cortex.neuron.api.generation import check_token_ids, reserve, tokenize, unreserve
 from cortex.neuron.engines.base import EmbeddingJob, EngineFault
 from cortex.neuron.runtime.manager import ServingModel
 from cortex.protocol import openai as oa
@@ -52,13 +51,17 @@ async def prepare_embeddings(model: ServingModel, request: oa.EmbeddingRequest) 
 
 
 async def embed(model: ServingModel, job: EmbeddingJob, encoding: str) -> oa.EmbeddingList:
-    """Run ``job`` on the model's device and answer in the requested encoding."""
+    """Run ``job`` on the model's device and answer in the requested encoding.
+
+    The job takes a place in the model's batch-or-queue limit like a generation does,
+    so a flood of embedding requests gets 429s instead of an unbounded queue."""
+    reserve(model)
     try:
         vectors = await model.engine.embed(job)  # cancelled with the request, if it goes
     except EngineFault:  # the engine process was lost before or during the job
         raise ModelRecovering(model.id) from None
     finally:
-        model.loaded.last_used = time.time()
+        unreserve(model)
     prompt_tokens = sum(len(tokens) for tokens in job.inputs)
     return oa.EmbeddingList(
         data=[

@@ -7,10 +7,11 @@ reads the engine's events through ``generate`` or ``collect``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 
 from cortex.errors import (
@@ -72,8 +73,7 @@ class Prepared:
     def release(self) -> None:
         """Give back the place ``admit`` reserved; safe to call more than once."""
         if self._holder is not None:
-            self._holder.loaded.in_flight -= 1
-            self._holder.loaded.last_used = time.time()
+            unreserve(self._holder)
             self._holder = None
 
 
@@ -97,6 +97,14 @@ def admit(model: ServingModel, prepared: Prepared) -> Prepared:
     Counted here, before the response starts, so concurrent arrivals cannot all slip
     past a queue that has room for one; released when generation ends.
     """
+    reserve(model)
+    prepared._holder = model
+    return prepared
+
+
+def reserve(model: ServingModel) -> None:
+    """One place in the model's batch or queue (generations and embedding jobs alike),
+    or a 429; the caller gives it back with ``unreserve``."""
     engine = model.engine
     if model.loaded.in_flight >= engine.info.max_batch + model.spec.max_queue:
         raise Overloaded(
@@ -106,8 +114,11 @@ def admit(model: ServingModel, prepared: Prepared) -> Prepared:
             retry_after_s=1,
         )
     model.loaded.in_flight += 1
-    prepared._holder = model
-    return prepared
+
+
+def unreserve(model: ServingModel) -> None:
+    model.loaded.in_flight -= 1
+    model.loaded.last_used = time.time()
 
 
 def check_token_ids(tokens: list[int], info: EngineInfo, param: str) -> None:
@@ -180,10 +191,36 @@ async def generate(model: ServingModel, prepared: Prepared) -> AsyncIterator[Tex
             if isinstance(event, Finished):
                 return
     finally:
-        _record(model, prepared)
         if prepared.finished is None:
             engine.cancel(job)  # frees the sequence at the engine's next step
+            _record_when_cancelled(model, prepared, sink)
+        else:
+            _record(model, prepared)
         prepared.release()
+
+
+# How long a cancelled sequence's own end is awaited for its token count; the engine
+# ends it at its next step, so only a lost engine process makes this wait run out.
+CANCELLED_COUNT_WAIT_S = 30.0
+_cancelled_records: set[asyncio.Task[None]] = set()
+
+
+def _record_when_cancelled(model: ServingModel, prepared: Prepared, sink: QueueSink) -> None:
+    """Record a generation the client left once the engine says how far it got, so the
+    log line and the token counters count what was generated, not zero."""
+
+    async def wait_and_record() -> None:
+        with suppress(TimeoutError):
+            prepared.finished = await asyncio.wait_for(sink.finished(), CANCELLED_COUNT_WAIT_S)
+        _record(model, prepared, cancelled=True)
+
+    try:
+        task = asyncio.get_running_loop().create_task(wait_and_record())
+    except RuntimeError:  # no loop any more (shutting down): record what is known
+        _record(model, prepared, cancelled=True)
+        return
+    _cancelled_records.add(task)
+    task.add_done_callback(_cancelled_records.discard)
 
 
 def _check_current(model: ServingModel) -> None:
@@ -197,10 +234,10 @@ def _check_current(model: ServingModel) -> None:
     raise ModelRecovering(model.id)
 
 
-def _record(model: ServingModel, prepared: Prepared) -> None:
+def _record(model: ServingModel, prepared: Prepared, cancelled: bool = False) -> None:
     """Metrics and one log line for a generation that has ended (the id is the gateway's)."""
     done = prepared.finished
-    finish = done.reason if done else "cancelled"
+    finish = "cancelled" if cancelled or done is None else done.reason
     metrics = model.metrics
     if metrics is not None:
         metrics.requests.labels(model.id, finish).inc()
