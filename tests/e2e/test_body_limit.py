@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from procs import Gateway
+from procs import BUNDLED, MODEL, Gateway, Neuron
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +81,35 @@ def test_a_declared_length_past_the_limit_is_refused_before_reading(gateway: Gat
 def test_a_body_within_the_limit_is_read(gateway: Gateway) -> None:
     response = httpx.post(gateway.url + "/v1/chat/completions", content=b"{" * (MB // 2))
     assert response.status_code == 400  # read whole, then found not to be JSON
+
+
+def test_huge_prompts_leave_the_neuron_as_it_was(tmp_path: Path) -> None:
+    """Prompts far past the context are refused before they are tokenized, and those
+    just inside the character bound are tokenized and refused without memory kept:
+    round after round, neither the neuron nor its engine process grows."""
+    neuron = Neuron(tmp_path, "n1", [f"{MODEL}={BUNDLED}"])
+    try:
+        engine_pid = neuron.model(MODEL)["engine_pid"]
+        huge = "hello " * (5 * MB)  # 30 MB, under the 32 MB body limit
+        near = "hello " * 43_000  # 258k characters: tokenized, then too long for 4096
+        rounds = [
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": huge}]}),
+            ("/v1/completions", {"prompt": huge}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": near}]}),
+            ("/v1/embeddings", {"input": [near] * 4}),
+        ]
+        baseline: tuple[float, float] | None = None
+        for round_number in range(4):
+            for path, body in rounds:
+                answer = httpx.post(neuron.url + path, json={"model": MODEL, **body}, timeout=300)
+                assert answer.status_code == 400, answer.text[:200]
+                assert "context" in answer.json()["error"]["message"]
+            sizes = (rss_mb(neuron.pid), rss_mb(engine_pid))
+            if round_number == 0:
+                baseline = sizes  # after the first round: allocators keep their arenas
+            else:
+                assert baseline is not None
+                assert sizes[0] - baseline[0] < 48, (round_number, sizes, baseline)
+                assert sizes[1] - baseline[1] < 48, (round_number, sizes, baseline)
+    finally:
+        neuron.stop()
