@@ -154,6 +154,46 @@ def test_unloading_leaves_no_engine_process_behind(node: Neuron) -> None:
     wait_for(lambda: not alive(pid), "the engine process is gone", 30)
 
 
+def test_a_client_leaving_while_queued_in_the_engine_frees_its_place(node: Neuron) -> None:
+    """With the one batch place taken, a second request waits in the engine process's
+    queue; its client leaving takes it out of that queue (cancelled, nothing generated)
+    while the running one carries on."""
+    spec = {"id": "single", "source": BUNDLED, "context_length": 2048, "max_batch": 1}
+    loaded = httpx.post(node.url + "/models/load", json=spec, timeout=120)
+    assert loaded.status_code == 200, loaded.text
+    cancelled = {"model": "single", "finish": "cancelled"}
+    before = metric(node.url + "/metrics", "neuron_requests_total", **cancelled)
+    running: list[str] = []
+    held = {"max_tokens": 400, "temperature": 0, **UNENDING}
+    runner = threading.Thread(target=_stream_lines, args=(node.url, "single", held, running))
+    runner.start()
+    try:
+        wait_for(lambda: len(running) > 3, "the first request is generating")
+        body = {"model": "single", "messages": QUESTION, "stream": True, "max_tokens": 8}
+        with httpx.stream(
+            "POST", node.url + "/v1/chat/completions", json=body, timeout=60
+        ) as waiting:
+            assert waiting.status_code == 200
+            wait_for(lambda: node.model("single")["queued"] == 1, "the second request queued")
+            # the client leaves without reading a token
+        wait_for(lambda: node.model("single")["queued"] == 0, "its place given back")
+        wait_for(
+            lambda: (
+                metric(node.url + "/metrics", "neuron_requests_total", **cancelled) == before + 1
+            ),
+            "the queued request counted as cancelled",
+            # under the neuron's own 30 s fallback: the engine dropped it and said so
+            timeout_s=20,
+        )
+        assert node.model("single")["in_flight"] == 1
+        seen = len(running)
+        wait_for(lambda: len(running) > seen + 3, "the running request carries on")
+    finally:
+        httpx.post(node.url + "/models/unload", json={"id": "single"}, timeout=60)
+        runner.join(120)
+    assert "error" in running[-1] or running[-1] == "data: [DONE]"
+
+
 def test_a_canary_crash_falls_back_to_safe_settings(tmp_path: Path) -> None:
     """The test hook makes the canary segfault while extra buffer types are on, as
     llama.cpp's AMX path did on a Xeon: the load retries without them and serves."""
