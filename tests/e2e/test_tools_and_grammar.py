@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import anthropic
 import jsonschema
 import openai
 import pytest
@@ -117,6 +118,78 @@ def test_streamed_tool_call_reassembles_to_the_non_streamed_one(client: openai.O
     (call,) = final.choices[0].message.tool_calls
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments) == json.loads(whole.function.arguments)
+
+
+FORCED = {
+    "model": MODEL,
+    "messages": ASK,
+    "tools": [WEATHER],
+    "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    "temperature": 0,
+}
+
+
+def test_a_forced_call_cut_by_max_tokens_is_a_partial_call(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(max_tokens=120, **FORCED)
+    assert whole.choices[0].finish_reason == "tool_calls"
+    arguments = whole.choices[0].message.tool_calls[0].function.arguments
+    # Greedy, a shorter answer is the beginning of the whole one. Its 38 tokens: the marker
+    # (1-5), the head up to the brace that opens the arguments (18), the arguments (to 32).
+    for max_tokens in (5, 12, 20, 23, 30):
+        choice = client.chat.completions.create(max_tokens=max_tokens, **FORCED).choices[0]
+        assert choice.finish_reason == "length", (max_tokens, choice)
+        assert not choice.message.content, (max_tokens, choice.message.content)  # no markup
+        if max_tokens < 18:  # cut before the head was whole: no call yet
+            assert choice.message.tool_calls is None, (max_tokens, choice)
+            continue
+        (call,) = choice.message.tool_calls
+        assert call.function.name == "get_weather" and call.id.startswith("call_")
+        assert arguments.startswith(call.function.arguments) and call.function.arguments
+        assert call.function.arguments != arguments, (max_tokens, call)
+
+
+def test_a_forced_call_cut_by_max_tokens_in_the_anthropic_dialect(gateway: Gateway) -> None:
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
+    tool = {"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}
+    for max_tokens in (5, 24):  # inside the marker; inside the arguments
+        request = dict(
+            model=MODEL, max_tokens=max_tokens, messages=ASK, tools=[tool],
+            tool_choice={"type": "tool", "name": "get_weather"}, extra_body={"temperature": 0},
+        )  # fmt: skip
+        message = claude.messages.create(**request)
+        assert message.stop_reason == "max_tokens"
+        assert message.usage.output_tokens == max_tokens
+        assert all(block.type == "tool_use" for block in message.content), message.content
+        with claude.messages.stream(**request) as stream:
+            final = stream.get_final_message()
+        assert final.stop_reason == "max_tokens"
+        assert [(b.type, b.name) for b in final.content] == [
+            (b.type, b.name) for b in message.content
+        ]
+        if max_tokens == 24:
+            (block,) = message.content
+            assert block.name == "get_weather" and isinstance(block.input, dict)
+
+
+def test_tool_call_deltas_stream_before_the_call_ends(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(stream=True, max_tokens=120, **FORCED))
+    frames = [
+        c.choices[0].delta.tool_calls[0]
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    ]
+    # The name first, then the arguments a token or so at a time, not in one piece at the end.
+    assert frames[0].function.name == "get_weather" and frames[0].id
+    fragments = [f.function.arguments for f in frames[1:] if f.function.arguments]
+    assert len(fragments) > 5
+    assert json.loads("".join(f.function.arguments or "" for f in frames))["city"]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # Cut short, the stream ends in "length" with the call so far, and no markup.
+    cut = list(client.chat.completions.create(stream=True, max_tokens=24, **FORCED))
+    deltas = [d for c in cut if c.choices for d in (c.choices[0].delta.tool_calls or [])]
+    assert deltas and deltas[0].function.name == "get_weather"
+    assert cut[-1].choices[0].finish_reason == "length"
+    assert not "".join(c.choices[0].delta.content or "" for c in cut if c.choices)
 
 
 def test_tool_round_trip(client: openai.OpenAI) -> None:

@@ -12,7 +12,7 @@ from anthropic_sdk import created_message
 from cortex.errors import UpstreamError
 from cortex.protocol import anthropic as an
 from cortex.translate.ids import to_backend_tool_id
-from cortex.translate.responses import to_message
+from cortex.translate.responses import partial_input, to_message
 
 
 def completion(
@@ -130,10 +130,11 @@ def test_a_tool_call_without_an_id_gets_a_unique_one() -> None:
     assert len({block.id for block in blocks if isinstance(block, an.ToolUseBlock)}) == 2
 
 
-def test_arguments_that_are_not_an_object_are_an_upstream_error() -> None:
-    for bad in ("{not json", "[1, 2]"):
-        with pytest.raises(UpstreamError):
-            to_message(completion(None, tool_calls=[call("c", "f", bad)]))
+def test_arguments_that_are_not_an_object_become_what_can_be_read_of_them() -> None:
+    # the model's slip, not the server's failure: a tool_use block, never a 502
+    for bad, expected in (("{not json", {}), ("[1, 2]", {}), ('{"a": 1, oops', {"a": 1})):
+        (block,) = to_message(completion(None, tool_calls=[call("c", "f", bad)])).content
+        assert isinstance(block, an.ToolUseBlock) and block.input == expected
 
 
 def test_think_tags_become_a_signed_thinking_block_first() -> None:
@@ -171,3 +172,62 @@ def test_no_choices_is_an_upstream_error() -> None:
 def test_of_two_stops_left_in_the_text_the_one_that_started_first_wins() -> None:
     message = convert(completion("xSTOP"), stop_sequences=["P", "STOP"])
     assert message.stop_sequence == "STOP"
+
+
+def test_a_tool_call_cut_by_max_tokens_is_max_tokens_with_its_partial_input() -> None:
+    body = completion(
+        None, finish="length", tool_calls=[call("call_1", "get_weather", '{"city": "Pa')]
+    )
+    message = convert(body)
+    assert message.stop_reason == "max_tokens"
+    (block,) = message.content
+    assert isinstance(block, an.ToolUseBlock) and block.name == "get_weather"
+    assert block.input == {"city": "Pa"}
+
+
+def test_a_cut_call_whose_arguments_read_as_nothing_has_empty_input() -> None:
+    for cut in ("", "{", '{"ci', "{not json", "[1, 2"):
+        message = convert(completion(None, finish="length", tool_calls=[call("c", "f", cut)]))
+        assert [b.type for b in message.content] == ["tool_use"]
+        assert message.content[0].input == {}  # type: ignore[union-attr]
+
+
+def test_a_call_the_model_closed_early_keeps_what_it_wrote() -> None:
+    body = completion(None, finish="tool_calls", tool_calls=[call("c", "f", '{"a": "x", "b": ')])
+    message = to_message(body)
+    assert message.stop_reason == "tool_use"
+    assert message.content[0].input == {"a": "x"}  # type: ignore[union-attr]
+
+
+def test_length_short_of_max_tokens_in_a_tool_call_is_the_context_window() -> None:
+    body = completion(
+        None,
+        finish="length",
+        tool_calls=[call("c", "f", '{"a": 1')],
+        usage={"prompt_tokens": 304, "completion_tokens": 3792},
+    )
+    message = convert(body, max_tokens=128000)
+    assert message.stop_reason == "model_context_window_exceeded"
+    assert message.content[0].input == {"a": 1}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("cut", "expected"),
+    [
+        ('{"city": "Pa', {"city": "Pa"}),
+        ('{"city"', {}),
+        ('{"city": ', {}),
+        ('{"a": 1, "b": tr', {"a": 1}),
+        ('{"a": 12', {"a": 12}),
+        ('{"a": [1, {"b": "x"', {"a": [1, {"b": "x"}]}),
+        ('{"a": "b", ', {"a": "b"}),
+        ('{"a": {"b": [1, "x,{", ', {"a": {"b": [1, "x,{"]}}),
+        ('{"a": "x\\', {"a": "x"}),
+        ('{"a": "x\\u00', {"a": "x"}),
+        ('{"a": "\\u0041", "b": "c\\n', {"a": "A", "b": "c\n"}),
+        ('{"k\\u00', {}),
+        ('{"a": 1}', {"a": 1}),
+    ],
+)
+def test_partial_input_reads_what_it_can(cut: str, expected: dict[str, Any]) -> None:
+    assert partial_input(cut) == expected

@@ -118,6 +118,8 @@ def assert_well_formed(events: list[an.StreamEvent]) -> None:
     assert start.message.usage.input_tokens > 0 and start.message.stop_reason is None
     end = events[-2]
     assert isinstance(end, an.MessageDeltaEvent) and end.delta.stop_reason is not None
+    # A length cut may end a tool call's JSON short, as Anthropic's own streams do.
+    cut = end.delta.stop_reason in ("max_tokens", "model_context_window_exceeded")
 
     allowed = {
         "text": {"text_delta"},
@@ -144,7 +146,7 @@ def assert_well_formed(events: list[an.StreamEvent]) -> None:
             assert open_block is not None and event.index == open_block.index
             if open_block.content_block.type == "thinking":
                 assert last_delta == "signature_delta"
-            if open_block.content_block.type == "tool_use":
+            if open_block.content_block.type == "tool_use" and not cut:
                 assert isinstance(json.loads(fragments), dict)
             open_block = None
         else:
@@ -274,6 +276,34 @@ def test_a_tool_without_arguments_still_streams_valid_json() -> None:
     assert_well_formed(events)
     fragments = [e.delta.partial_json for e in events if isinstance(e, an.ContentBlockDeltaEvent)]  # type: ignore[union-attr]
     assert fragments == ["{}"]
+
+
+def test_a_tool_call_cut_by_max_tokens_streams_its_fragments_as_they_come() -> None:
+    translator = StreamTranslator(model="claude-test", input_tokens=7, max_tokens=20)
+    events = translator.feed(chunk({"role": "assistant", "content": ""}))
+    events += translator.feed(chunk(tool_header(0, "call_w", "get_weather", '{"ci')))
+    for fragment in ('ty": ', '"Pa'):
+        sent = translator.feed(chunk(tool_args(0, fragment)))
+        assert [e.delta.partial_json for e in sent] == [fragment]  # type: ignore[union-attr]
+        events += sent
+    events += translator.feed(chunk({}, "length"))
+    events += translator.feed(usage_chunk(7, 20))
+    events += translator.finish()
+    assert_well_formed(events)
+    end = events[-2]
+    assert isinstance(end, an.MessageDeltaEvent) and end.delta.stop_reason == "max_tokens"
+    message = final_message(sse(events))
+    assert message.stop_reason == "max_tokens"
+    (block,) = message.content
+    assert block.type == "tool_use" and block.name == "get_weather"
+    # Unstreamed, the same cut reads as far as the JSON goes.
+    function = {"name": "get_weather", "arguments": '{"city": "Pa'}
+    message_body = {"content": None, "tool_calls": [{"id": "call_w", "function": function}]}
+    whole = to_message({"choices": [{"message": message_body, "finish_reason": "length"}]})
+    assert whole.stop_reason == "max_tokens"
+    assert [(b.type, getattr(b, "input", None)) for b in whole.content] == [
+        ("tool_use", {"city": "Pa"})
+    ]
 
 
 def test_tool_calls_force_tool_use_even_with_finish_stop() -> None:

@@ -20,6 +20,12 @@ tokens than the request's ``max_tokens`` means the context window ended the
 answer: ``model_context_window_exceeded``, as Anthropic's API says it. Reported as
 ``max_tokens``, Claude Code asks the model to go on, in a prompt that can no
 longer fit, and tells its user the 128000-token output limit was exceeded.
+
+A length cut inside a tool call (OpenAI: ``finish_reason: "length"`` with the call,
+its arguments the JSON generated so far) is ``max_tokens`` with the tool_use block,
+as Anthropic's API gives it; the block's ``input`` is what can be read of the cut
+JSON (``partial_input``; also for a call the model itself closed early, rather than a
+502 for the model's slip). A stream passes the fragments on as they came.
 """
 
 from __future__ import annotations
@@ -74,11 +80,12 @@ def to_message(
         blocks.append(an.TextBlock(text=text))
     for index, call in enumerate(message.get("tool_calls") or []):
         function = call.get("function") or {}
+        arguments = function.get("arguments") or ""
         blocks.append(
             an.ToolUseBlock(
                 id=ids.to_anthropic_tool_id(call.get("id") or ids.fallback_call_id(msg_id, index)),
                 name=function.get("name") or "",
-                input=tool_input(function.get("arguments") or ""),
+                input=partial_input(arguments),
             )
         )
     usage = usage_of(completion.get("usage"))
@@ -126,15 +133,16 @@ def stop_reason(
     max_tokens: int | None = None,
     output_tokens: int = 0,
 ) -> tuple[an.StopReason, str | None]:
-    """``(stop_reason, stop_sequence)``; tool calls win whatever the backend said.
+    """``(stop_reason, stop_sequence)``; tool calls win whatever the backend said, but
+    for a length cut (which may have cut a call short).
 
     ``output_tokens`` below the request's ``max_tokens`` at a ``length`` finish: the
     context window ended the answer, not the request's limit.
     """
-    if tool_use:
-        return "tool_use", None
     if finish_reason == "length" and max_tokens is not None and 0 < output_tokens < max_tokens:
         return "model_context_window_exceeded", None
+    if tool_use and finish_reason != "length":
+        return "tool_use", None
     if finish_reason in _FINISH_TO_STOP:
         return _FINISH_TO_STOP[finish_reason], None
     stops = [s for s in stop_sequences if s]
@@ -147,21 +155,72 @@ def stop_reason(
     return "end_turn", None
 
 
-def tool_input(arguments: str) -> dict[str, Any]:
-    """A tool call's arguments as the object Anthropic clients expect."""
+def partial_input(arguments: str) -> dict[str, Any]:
+    """The object a tool call's arguments cut short were becoming, as far as they go.
+
+    Best effort, for a call that ``max_tokens`` ended (or that the model closed before
+    its JSON was whole: its deltas were streamed as they came, so it stays a call): the
+    text up to its last whole value, an unfinished string value closed, the brackets
+    still open closed; ``{}`` when nothing of it reads as an object.
+    """
     try:
         value = json.loads(arguments or "{}")
-    except ValueError as exc:
-        raise UpstreamError(
-            f"The backend returned tool arguments that are not JSON: {arguments[:200]!r}",
-            code="bad_tool_arguments",
-        ) from exc
-    if not isinstance(value, dict):
-        raise UpstreamError(
-            f"The backend returned tool arguments that are not a JSON object: {arguments[:200]!r}",
-            code="bad_tool_arguments",
-        )
-    return value
+    except (ValueError, RecursionError):
+        value = _close_cut_json(arguments)
+    return value if isinstance(value, dict) else {}
+
+
+# How many ways to end a cut JSON text are tried, latest first, before giving up.
+_CLOSING_TRIES = 8
+
+
+def _close_cut_json(text: str) -> Any:
+    closers: list[str] = []  # what closes each open bracket, innermost last
+    ends: list[tuple[int, str]] = []  # (a length the text may be cut to, what then closes it)
+    key = False  # whether a string starting here is an object key
+    string_at: int | None = None  # where the string being read opened
+    string_is_key = False
+    escape_at = -1  # where the last escape in a string began
+    escaped = False
+    for at, char in enumerate(text):
+        if string_at is not None:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped, escape_at = True, at
+            elif char == '"':
+                string_at = None
+                if not string_is_key:
+                    ends.append((at + 1, "".join(reversed(closers))))
+        elif char == '"':
+            string_at, string_is_key = at, key
+        elif char in "{[":
+            closers.append("}" if char == "{" else "]")
+            key = char == "{"
+            ends.append((at + 1, "".join(reversed(closers))))
+        elif char in "}]" and closers:
+            closers.pop()
+            key = False
+            ends.append((at + 1, "".join(reversed(closers))))
+        elif char == "," and closers:
+            ends.append((at, "".join(reversed(closers))))  # the value before it was whole
+            key = closers[-1] == "}"
+        elif char == ":":
+            key = False
+    closing = "".join(reversed(closers))
+    if string_at is None:
+        ends.append((len(text), closing))  # a number or literal at the end may be whole
+    elif not string_is_key:  # a string value cut short: closed where it stops
+        unicode = text[escape_at + 1 : escape_at + 2] == "u" and len(text) - escape_at < 6
+        if escape_at > string_at and (escaped or unicode):  # an escape cut short
+            text = text[:escape_at]
+        ends.append((len(text), '"' + closing))
+    for length, end in reversed(ends[-_CLOSING_TRIES:]):
+        try:
+            return json.loads(text[:length] + end)
+        except (ValueError, RecursionError):
+            continue
+    return None
 
 
 def usage_of(usage: Mapping[str, Any] | None) -> an.Usage:

@@ -11,7 +11,9 @@ again by ``index``, so the events must be: ``message_start``; blocks numbered
 - text is a text block, opened only once it holds more than whitespace;
 - each OpenAI tool-call ``index`` is its own tool_use block, opened once its
   name is known (argument fragments sent before that are held), its fragments
-  forwarded untouched as ``input_json_delta`` (``{}`` when it sent none);
+  forwarded untouched as ``input_json_delta`` (``{}`` when it sent none), as
+  they arrive; after a length cut the last one's JSON is cut short too, as in
+  Anthropic's own streams (the stop reason is then ``max_tokens``);
 - ``finish_reason`` is held until ``finish()``: usage comes after it.
 
 The whole-response converter (``responses.py``) makes the same decisions, so a

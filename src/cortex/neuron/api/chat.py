@@ -21,7 +21,12 @@ from cortex.neuron.api.generation import (
 from cortex.neuron.engines.base import TextChunk
 from cortex.neuron.prompt import grammar
 from cortex.neuron.prompt.render import ToolPlan, plan_tools, render_prompt
-from cortex.neuron.prompt.toolcalls import ParsedToolCall, ToolCallStreamParser, parse_tool_calls
+from cortex.neuron.prompt.toolcalls import (
+    ParsedToolCall,
+    ToolCallDelta,
+    ToolCallStreamParser,
+    parse_tool_calls,
+)
 from cortex.neuron.runtime.manager import ServingModel
 from cortex.protocol import openai as oa
 from cortex.protocol.errors import openai_error_body
@@ -84,15 +89,28 @@ def _tool_calls(calls: list[ParsedToolCall]) -> list[oa.ToolCall]:
     ]
 
 
+def _finish_reason(reason: str, calls: bool) -> str:
+    """As OpenAI says it: a cut is "length" even inside a call (whose arguments are then
+    the JSON generated so far); calls made otherwise are "tool_calls"."""
+    if calls and reason != "length":
+        return "tool_calls"
+    return FINISH_REASONS[reason]
+
+
+def _parser(prepared: Prepared) -> ToolCallStreamParser | None:
+    plan = prepared.tools
+    return ToolCallStreamParser(plan.fmt, forced=bool(plan.forced)) if plan else None
+
+
 async def complete(model: ServingModel, prepared: Prepared) -> oa.ChatCompletion:
     text, event = await collect(model, prepared)
     content: str | None = text
     calls: list[ParsedToolCall] = []
     if prepared.tools is not None:
-        content, calls = parse_tool_calls(content, prepared.tools.fmt)
+        content, calls = parse_tool_calls(content, prepared.tools.fmt, bool(prepared.tools.forced))
         if not prepared.tools.parallel:
             calls = calls[:1]
-    finish = "tool_calls" if calls else FINISH_REASONS[event.reason]
+    finish = _finish_reason(event.reason, bool(calls))
     return oa.ChatCompletion(
         id=oa.completion_id(),
         created=oa.now(),
@@ -116,7 +134,9 @@ async def stream(
 ) -> AsyncIterator[bytes]:
     """SSE frames: one role delta, content and tool-call deltas, the finish, usage, [DONE]."""
     chunk_id, created = oa.completion_id(), oa.now()
-    parser = ToolCallStreamParser(prepared.tools.fmt) if prepared.tools else None
+    parser = _parser(prepared)
+    # Without parallel calls only the first is kept, as in the whole response.
+    max_calls = 1 if prepared.tools is not None and not prepared.tools.parallel else None
 
     def chunk(delta: oa.Delta, finish: str | None = None, stop: str | None = None) -> bytes:
         choice = oa.ChunkChoice(delta=delta, finish_reason=finish, stop_reason=stop)  # type: ignore[arg-type]
@@ -124,9 +144,11 @@ async def stream(
             oa.ChatCompletionChunk(id=chunk_id, created=created, model=model.id, choices=[choice])
         )
 
-    def deltas(text: str, calls: list) -> list[bytes]:
+    def deltas(text: str, calls: list[ToolCallDelta]) -> list[bytes]:
         out = [chunk(oa.Delta(content=text))] if text else []
         for call in calls:
+            if max_calls is not None and call.index >= max_calls:
+                continue
             function = {"name": call.name, "arguments": call.arguments}
             if call.name is None:
                 function = {"arguments": call.arguments}
@@ -152,9 +174,7 @@ async def stream(
         if parser is not None:
             for frame in deltas(*parser.finish()):
                 yield frame
-        finish = (
-            "tool_calls" if parser is not None and parser.calls else FINISH_REASONS[event.reason]
-        )
+        finish = _finish_reason(event.reason, parser is not None and bool(parser.calls))
         yield chunk(oa.Delta(), finish, event.stop_sequence)
         if include_usage:
             usage = oa.Usage.of(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
