@@ -11,6 +11,31 @@ _SOURCE = re.compile(r"^(hf|file|pkg):.+$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
+class SamplingDefaults(BaseModel):
+    """A model's recommended sampling: each field a request leaves out takes the value
+    here; a field left out here takes the engine's (temperature 1, top_p 1, the rest off).
+
+    The bounds are a request's (``protocol.openai.SamplingFields``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(default=None, ge=0, le=2)  # 0 means greedy
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)  # 0: off
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+
+    def over(self, base: SamplingDefaults) -> SamplingDefaults:
+        """These defaults, each field left out here taken from ``base``."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+    def is_empty(self) -> bool:
+        return not self.model_dump(exclude_none=True)
+
+
 class ModelSpec(BaseModel):
     """What to load and how. Unknown keys are an error: a typo must not pass silently."""
 
@@ -24,6 +49,8 @@ class ModelSpec(BaseModel):
     max_batch: int = Field(default=4, ge=1, le=64)  # sequences decoded together
     max_queue: int = Field(default=64, ge=0)  # requests waiting beyond that; then 429
     prefix_cache: bool = True  # reuse the KV of a previous request's common prefix
+    # Host RAM for the KV of conversations no slot holds now (GGUF models); 0: none.
+    kv_host_cache_mb: int = Field(default=512, ge=0)
     pinned: bool = False
     priority: int = 50
     nodes: list[str] = Field(default_factory=list)
@@ -33,6 +60,10 @@ class ModelSpec(BaseModel):
     # work, a crash on some CPUs. "auto" tries them and falls back when the load's
     # canary crashes; true or false forces the choice.
     extra_buffer_types: bool | Literal["auto"] = "auto"
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"  # llama.cpp's K and V cache type
+    # Sampling for the fields a request leaves out, over the model file's own
+    # recommendation (generation_config.json, GGUF general.sampling.*).
+    sampling: SamplingDefaults | None = None
 
     @field_validator("id")
     @classmethod

@@ -35,6 +35,7 @@ GATEWAY_PUBLIC = {
     "/": "liveness: Claude Code probes HEAD / before its first request",
     "/health": "liveness for load balancers and the CLI: up or not, no fleet data",
     "/ready": "readiness for load balancers and orchestrators, which send no key",
+    "/openapi.json": "the API's description: routes and types, nothing of this gateway's",
     "/ui": "the dashboard page: static, no data; its script sends the key the user pastes",
     "/ui/{asset}": "the dashboard's static script and stylesheet",
 }

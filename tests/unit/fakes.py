@@ -16,9 +16,10 @@ be tested in milliseconds without model files, llama.cpp or processes:
   ``release()`` (steps stop, so ``silent_for`` grows while work is outstanding),
   ``step_delay_s`` (a slow step).
 - ``FakeFiles`` stands in for ``ModelFiles``: ``prepare`` touches a file, ``estimate``
-  is the spec's ``memory_mb`` (or a default), and ``launch`` starts fake engines,
-  fails the launches it is told to, can hold launches until released, and records
-  every launch's ``use_extra_buffer_types``.
+  is the spec's ``memory_mb`` (or a default), the file's sampling defaults are
+  ``file_sampling``, and ``launch`` starts fake engines, fails the launches it is told
+  to, can hold launches until released, and records every launch's
+  ``use_extra_buffer_types``.
 - ``running_manager`` is a started ``ModelManager`` over one fake CPU device.
 
 Everything here runs on the test's event loop: no threads, no processes.
@@ -58,7 +59,7 @@ from cortex.neuron.files.estimate import MemoryEstimate
 from cortex.neuron.runtime.devices import Device
 from cortex.neuron.runtime.engine_process import EngineExit, EngineLoadFailed
 from cortex.neuron.runtime.manager import ModelFiles, ModelManager, ServingModel
-from cortex.spec import ModelSpec
+from cortex.spec import ModelSpec, SamplingDefaults
 
 REPLY = ("Hello", " world", "!")
 N_VOCAB = 0x110000  # token ids are code points
@@ -417,6 +418,8 @@ class FakeFiles:
     memory_mb: int = 100  # the estimate of a spec without ``memory_mb``
     engine_options: dict[str, Any] = field(default_factory=dict)  # FakeEngine kwargs
     step_delay_s: float = 0.0
+    # The sampling defaults the model file carries (a GGUF's general.sampling.* keys).
+    file_sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
     # A machine whose CPU crashes with llama.cpp's extra buffer types (the AMX case):
     # every launch with them on dies in its canary of SIGSEGV.
     crash_with_extra_buffer_types: bool = False
@@ -431,7 +434,12 @@ class FakeFiles:
         self._gate.set()
 
     def model_files(self) -> ModelFiles:
-        return ModelFiles(prepare=self.prepare, estimate=self.estimate, launch=self.launch)
+        return ModelFiles(
+            prepare=self.prepare,
+            estimate=self.estimate,
+            launch=self.launch,
+            sampling_defaults=lambda _: self.file_sampling,
+        )
 
     # -- knobs, from the test --------------------------------------------------------
 

@@ -11,7 +11,9 @@ import pytest
 from cortex.errors import InvalidRequest, PreflightRejected
 from cortex.neuron.files.sources import list_local, local_path, parse_source, prepare_source
 from cortex.neuron.prompt import grammar
+from cortex.protocol import anthropic as an
 from cortex.protocol import openai as oa
+from cortex.protocol.fleet import FleetRequest
 from cortex.protocol.parsing import parse_body
 from cortex.spec import ModelSpec
 
@@ -104,6 +106,11 @@ def test_listing_a_huge_tree_stops_early(tmp_path) -> None:
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": {"a": 1}}]}]},
          "content[0].text must be a string"),
         ({"messages": [{"role": "tool", "content": "42"}]}, "tool_call_id"),
+        # a part of no type, or of a type not a string, crashed the engine naming the kinds
+        ({"messages": [{"role": "user", "content": [{"type": ["text"]}]}]},
+         "content[0].type must be a string"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}, {"text": "x"}]}]},
+         "content[1].type must be a string"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": "12"}, "max_tokens"),
     ],
 )  # fmt: skip
@@ -111,3 +118,18 @@ def test_malformed_chat_fields_are_a_400_naming_them(body: dict, says: str) -> N
     with pytest.raises(InvalidRequest) as caught:
         parse_body(oa.ChatCompletionRequest, json.dumps({"model": "m", **body}).encode())
     assert says in caught.value.message
+
+
+@pytest.mark.parametrize("kind", [{}, ["text"], 3, None])
+def test_an_anthropic_block_whose_type_is_no_string_is_a_400(kind: object) -> None:
+    # a dict or list as the type crashed the block discriminator (unhashable): a 500
+    content = [{"type": kind, "data": ""}]
+    body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": content}]}
+    with pytest.raises(InvalidRequest, match=r"messages\.0\.content"):
+        parse_body(an.MessagesRequest, json.dumps(body).encode())
+
+
+def test_a_fleet_request_naming_a_node_by_no_string_is_a_400() -> None:
+    # a list as the node crashed the lookup among the fleet's nodes (unhashable): a 500
+    with pytest.raises(InvalidRequest, match="node"):
+        parse_body(FleetRequest, json.dumps({"model": "m", "node": ["n1"]}).encode())

@@ -145,21 +145,30 @@ class _Catalogue:
 
 
 def render_models(models: ModelListing, console: Console) -> None:
-    """Print the ``/v1/models`` list, with cortex's extra ``loaded_on`` and ``aliases``."""
+    """Print the ``/v1/models`` list, with cortex's extra ``loaded_on``, ``aliases`` and
+    ``sampling_defaults``."""
     if not models.data:
         console.print(Text("No models.", style="dim"))
         return
-    # Only show aliases when some model has them, to keep the common table narrow.
+    # Only show aliases (sampling defaults) when some model has them, to keep the common
+    # table narrow.
     with_aliases = any(entry.aliases for entry in models.data)
+    with_sampling = any(entry.sampling_defaults for entry in models.data)
     table = Table(title="Models", title_justify="left")
     for column in ("model", "owned by", "loaded on"):
         table.add_column(column)
     if with_aliases:
         table.add_column("aliases")
+    if with_sampling:
+        table.add_column("sampling defaults")
     for entry in models.data:
         row = [Text(entry.id, style="bold"), Text(entry.owned_by), _joined(entry.loaded_on)]
         if with_aliases:
             row.append(_joined(entry.aliases))
+        if with_sampling:
+            defaults = entry.sampling_defaults
+            given = defaults.model_dump(exclude_none=True) if defaults else {}
+            row.append(_joined(f"{name}={value}" for name, value in given.items()))
         table.add_row(*row)
     console.print(table)
 

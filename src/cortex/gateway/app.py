@@ -47,6 +47,7 @@ ROUTES = [
     Route("/", admin.root, methods=["GET", "HEAD"]),
     Route("/health", admin.health, methods=["GET"]),
     Route("/ready", admin.ready, methods=["GET"]),
+    Route("/openapi.json", admin.openapi, methods=["GET"]),
     Route("/fleet", admin.fleet_view, methods=["GET"]),
     Route("/fleet/load", admin.fleet_load, methods=["POST"]),
     Route("/fleet/unload", admin.fleet_unload, methods=["POST"]),

@@ -7,7 +7,9 @@ import time
 from typing import Any
 
 from cortex.gateway.state import GatewayState
+from cortex.protocol.anthropic import ModelInfo, ModelPage
 from cortex.protocol.fleet import CatalogueEntry, Placement
+from cortex.spec import ModelSpec, SamplingDefaults
 
 
 def catalogue_entries(state: GatewayState) -> list[CatalogueEntry]:
@@ -31,9 +33,22 @@ def catalogue_entries(state: GatewayState) -> list[CatalogueEntry]:
                     for node in fleet.usable()
                     if (phase := node.phase(model_id)) is not None
                 ],
+                sampling_defaults=_sampling_defaults(state, model_id, profile),
             )
         )
     return entries
+
+
+def _sampling_defaults(
+    state: GatewayState, model_id: str, profile: ModelSpec | None
+) -> SamplingDefaults | None:
+    """What a node serving the model reports (the file's defaults under models.toml's),
+    else what models.toml says before any node has read the file."""
+    for node in state.fleet.usable():
+        status = node.models.get(model_id)
+        if status is not None and status.sampling_defaults is not None:
+            return status.sampling_defaults
+    return profile.sampling if profile else None
 
 
 def model_entries(state: GatewayState) -> list[dict[str, Any]]:
@@ -41,16 +56,12 @@ def model_entries(state: GatewayState) -> list[dict[str, Any]]:
     return [entry.model_dump(mode="json") for entry in catalogue_entries(state)]
 
 
-def anthropic_model_list(entries: list[dict[str, Any]]) -> dict[str, Any]:
+def anthropic_model_list(entries: list[dict[str, Any]]) -> ModelPage:
     """``GET /v1/models`` in Anthropic's shape, for clients that send ``anthropic-version``."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    data = [
-        {"type": "model", "id": e["id"], "display_name": e["id"], "created_at": now}
-        for e in entries
-    ]
-    return {
-        "data": data,
-        "has_more": False,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    }
+    data = [ModelInfo(id=e["id"], display_name=e["id"], created_at=now) for e in entries]
+    return ModelPage(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )

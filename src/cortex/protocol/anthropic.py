@@ -83,7 +83,8 @@ _RESULT_PARTS = {"text", "image", "document"}
 
 def _block_tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return kind if kind in _KNOWN_BLOCKS else "other"
+    # any other type, a non-string one too (which OtherBlock then refuses with a 400)
+    return kind if isinstance(kind, str) and kind in _KNOWN_BLOCKS else "other"
 
 
 def _result_part_tag(value: Any) -> str:
@@ -217,6 +218,22 @@ class TokenCount(BaseModel):
     """The ``count_tokens`` answer."""
 
     input_tokens: int
+
+
+class ModelInfo(BaseModel):
+    type: Literal["model"] = "model"
+    id: str
+    display_name: str
+    created_at: str  # RFC 3339
+
+
+class ModelPage(BaseModel):
+    """``GET /v1/models`` in Anthropic's shape (asked for with ``anthropic-version``)."""
+
+    data: list[ModelInfo]
+    has_more: bool = False
+    first_id: str | None
+    last_id: str | None
 
 
 # --- stream events ----------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from cortex.protocol.neuron import DeviceStatus, ModelState
+from cortex.spec import SamplingDefaults
 
 
 class GatewayPhase(StrEnum):
@@ -78,6 +79,9 @@ class CatalogueEntry(_Wire):
     memory_estimate_mb: int | None
     loaded_on: list[str]
     placements: list[Placement]
+    # Sampling for the fields a request leaves out, as a node serving the model reports
+    # it (models.toml's over the model file's); else models.toml's. None: the engine's.
+    sampling_defaults: SamplingDefaults | None = None
 
 
 class FleetModel(CatalogueEntry):
@@ -113,3 +117,49 @@ class ModelListing(_Wire):
 
     object: Literal["list"] = "list"
     data: list[ListedModel]
+
+
+class FleetRequest(_Wire):
+    """``POST /fleet/load`` and ``/fleet/unload``: a model (id or alias), on one named
+    node or wherever the scheduler chooses (load) / it is loaded (unload)."""
+
+    model: str
+    node: str | None = None
+
+
+class LoadAnswer(_Wire):
+    model: str
+    node: str
+    loaded: Literal[True] = True
+
+
+class UnloadAnswer(_Wire):
+    model: str
+    nodes: list[str]
+    unloaded: Literal[True] = True
+
+
+class DefragAnswer(_Wire):
+    moved: int  # models moved to free one device's memory in one piece
+
+
+class GatewayHealth(_Wire):
+    """``GET /health``: liveness, 200 while the gateway runs whatever its nodes do."""
+
+    status: Literal["ok"] = "ok"
+    nodes_up: int
+    nodes: int
+
+
+class Ready(_Wire):
+    """``GET /ready`` (200): some usable node has these models ready to serve."""
+
+    status: Literal["ready"] = "ready"
+    models: list[str]
+
+
+class NotReady(_Wire):
+    """``GET /ready`` (503, with Retry-After): no node is up with a model ready."""
+
+    status: Literal["not ready"] = "not ready"
+    reason: str

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from cortex.spec import ModelSpec
+from cortex.spec import ModelSpec, SamplingDefaults
 
 CONTRACT_VERSION = "1.0"
 
@@ -91,6 +91,9 @@ class ModelStatus(_Wire):
     restarts: int = 0  # engines rebuilt after a fault
     last_fault: EngineFaultStatus | None = None
     fallback: str | None = None  # why a safe setting was chosen, e.g. after a canary crash
+    # Sampling for the fields a request leaves out: the spec's over the model file's
+    # (None: neither sets any, or an older neuron; the engine's defaults apply).
+    sampling_defaults: SamplingDefaults | None = None
 
     @field_validator("spec", mode="before")
     @classmethod
@@ -134,7 +137,7 @@ class EstimateDetail(_Wire):
     key_length: int
     value_length: int
     kv_tokens: int
-    kv_dtype_bytes: int
+    kv_dtype_bytes: float  # per element: 1.0625 for a q8_0 cache
     n_vocab: int
     overridden: bool
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -36,9 +36,35 @@ class ToolCall(_Tolerant):
     function: FunctionCall
 
 
+# One part of a message's content: text, or another kind (``image_url``, ``input_audio``,
+# ``file``) that a text-only model refuses. Kept a dict (the engine reads what it knows);
+# the JSON schema says what ``_well_formed`` checks, for /openapi.json.
+ContentPart = Annotated[
+    dict[str, Any],
+    Field(
+        json_schema_extra={
+            "required": ["type"],
+            "properties": {"type": {"type": "string"}},
+            "if": {"properties": {"type": {"const": "text"}}},
+            "then": {"required": ["text"], "properties": {"text": {"type": "string"}}},
+        }
+    ),
+]
+
+
 class ChatMessage(_Tolerant):
+    model_config = ConfigDict(
+        json_schema_extra={  # the rule of _well_formed on tool messages, for /openapi.json
+            "if": {"properties": {"role": {"const": "tool"}}},
+            "then": {
+                "required": ["tool_call_id"],
+                "properties": {"tool_call_id": {"type": "string", "minLength": 1}},
+            },
+        }
+    )
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
@@ -49,7 +75,10 @@ class ChatMessage(_Tolerant):
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a message with role 'tool' needs its 'tool_call_id'")
         for index, part in enumerate(self.content if isinstance(self.content, list) else []):
-            if part.get("type") == "text" and not isinstance(part.get("text"), str):
+            # the engine sorts and names the kinds it refuses: each one a string
+            if not isinstance(part.get("type"), str):
+                raise ValueError(f"content[{index}].type must be a string")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
                 raise ValueError(f"content[{index}].text must be a string")
         return self
 
@@ -295,6 +324,24 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ErrorObject(BaseModel):
+    """An error as OpenAI reports it; cortex's own fields (a preflight rejection's
+    ``kind``, ``model_id``, ``detail``, ``suggestion``) sit beside these."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope: an error status's body, or an in-band stream event."""
+
+    error: ErrorObject
 
 
 def completion_id(prefix: str = "chatcmpl") -> str:

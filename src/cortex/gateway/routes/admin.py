@@ -1,17 +1,38 @@
-"""Liveness and fleet administration: ``/``, ``/health``, ``/fleet``, ``/fleet/load|unload``."""
+"""Liveness, the API's description and fleet administration: ``/``, ``/health``,
+``/openapi.json``, ``/fleet``, ``/fleet/load|unload``."""
 
 from __future__ import annotations
 
 import math
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cortex.errors import InvalidRequest
+from cortex.gateway.openapi import openapi_json
 from cortex.gateway.state import state_of
 from cortex.gateway.views import catalogue_entries
-from cortex.protocol.fleet import EvictionView, FleetModel, FleetView
-from cortex.protocol.parsing import parse_json
+from cortex.protocol.fleet import (
+    DefragAnswer,
+    EvictionView,
+    FleetModel,
+    FleetRequest,
+    FleetView,
+    GatewayHealth,
+    LoadAnswer,
+    NotReady,
+    Ready,
+    UnloadAnswer,
+)
+from cortex.protocol.parsing import parse_body
+
+
+def _wire(
+    answer: BaseModel, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON answer serialised by its ``protocol.fleet`` type, as ``/openapi.json`` says."""
+    return Response(answer.model_dump_json(), status_code, headers, media_type="application/json")
 
 
 async def root(request: Request) -> Response:
@@ -22,7 +43,7 @@ async def root(request: Request) -> Response:
 async def health(request: Request) -> Response:
     fleet = state_of(request).fleet
     up = sum(1 for node in fleet.nodes.values() if node.up)
-    return JSONResponse({"status": "ok", "nodes_up": up, "nodes": len(fleet.nodes)})
+    return _wire(GatewayHealth(nodes_up=up, nodes=len(fleet.nodes)))
 
 
 async def ready(request: Request) -> Response:
@@ -34,12 +55,17 @@ async def ready(request: Request) -> Response:
          if m.state == "ready"}
     )  # fmt: skip
     if serving:
-        return JSONResponse({"status": "ready", "models": serving})
-    return JSONResponse(
-        {"status": "not ready", "reason": "no node is up with a model ready"},
-        status_code=503,
-        headers={"Retry-After": "2"},
-    )
+        return _wire(Ready(models=serving))
+    not_ready = NotReady(reason="no node is up with a model ready")
+    return _wire(not_ready, status_code=503, headers={"Retry-After": "2"})
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI document of this API. Served without a key, as FastAPI serves its
+    own: it describes the routes and their types, which are public (this repository),
+    and holds nothing of this gateway's configuration or fleet; clients and tools
+    (SDK generators, schemathesis) fetch it before they have a key to send."""
+    return Response(openapi_json(), media_type="application/json")
 
 
 async def fleet_view(request: Request) -> Response:
@@ -60,7 +86,7 @@ async def fleet_view(request: Request) -> Response:
             cycles=state.scheduler.eviction_cycles,
         ),
     )
-    return Response(view.model_dump_json(), media_type="application/json")
+    return _wire(view)
 
 
 async def fleet_stats(request: Request) -> Response:
@@ -81,13 +107,10 @@ async def fleet_stats(request: Request) -> Response:
 
 
 async def _model_and_node(request: Request) -> tuple[str, str | None]:
-    body = parse_json(await request.body())
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise InvalidRequest('Expected {"model": "<id>", "node": "<name>"?}', param="model")
-    node = body.get("node")
-    if node is not None and node not in state_of(request).fleet.nodes:
-        raise InvalidRequest(f"Unknown node '{node}'.", param="node")
-    return body["model"], node
+    body = parse_body(FleetRequest, await request.body())
+    if body.node is not None and body.node not in state_of(request).fleet.nodes:
+        raise InvalidRequest(f"Unknown node '{body.node}'.", param="node")
+    return body.model, body.node
 
 
 async def fleet_load(request: Request) -> Response:
@@ -96,7 +119,7 @@ async def fleet_load(request: Request) -> Response:
     name, node_name = await _model_and_node(request)
     model_id = state.scheduler.resolve(name)
     node = await state.scheduler.load(model_id, node_name)
-    return JSONResponse({"model": model_id, "node": node.name, "loaded": True})
+    return _wire(LoadAnswer(model=model_id, node=node.name))
 
 
 async def fleet_unload(request: Request) -> Response:
@@ -105,12 +128,11 @@ async def fleet_unload(request: Request) -> Response:
     name, node_name = await _model_and_node(request)
     model_id = state.scheduler.resolve(name)
     nodes = await state.scheduler.unload(model_id, node_name)
-    return JSONResponse({"model": model_id, "nodes": nodes, "unloaded": True})
+    return _wire(UnloadAnswer(model=model_id, nodes=nodes))
 
 
 async def fleet_defrag(request: Request) -> Response:
     """Re-pack now rather than after the next ``defrag_after_cycles`` evictions."""
     state = state_of(request)
     state.keys.check(request)
-    moved = await state.scheduler.defrag()
-    return JSONResponse({"moved": moved})
+    return _wire(DefragAnswer(moved=await state.scheduler.defrag()))

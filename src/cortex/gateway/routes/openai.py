@@ -61,6 +61,6 @@ async def list_models(request: Request) -> Response:
     state = state_of(request)
     state.keys.check(request)
     if "anthropic-version" in request.headers:
-        return JSONResponse(anthropic_model_list(model_entries(state)))
+        return JSONResponse(anthropic_model_list(model_entries(state)).model_dump())
     cards = [oa.ModelCard(owned_by="cortex", **entry) for entry in model_entries(state)]
     return JSONResponse(oa.ModelList(data=cards).model_dump())

@@ -75,7 +75,7 @@ async def prepare_chat(model: ServingModel, request: oa.ChatCompletionRequest) -
         model=model.id,
         prompt_tokens=tokens,
         max_new_tokens=budget(model, tokens, request.token_limit()),
-        sampling=sampling_of(request, output_grammar),
+        sampling=sampling_of(model, request, output_grammar),
         stop=request.stop_list(),
         tools=plan if plan.active else None,
     )

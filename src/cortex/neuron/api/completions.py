@@ -56,7 +56,7 @@ async def prepare_completion(model: ServingModel, request: oa.CompletionRequest)
         max_new_tokens=budget(
             model, tokens, 16 if request.max_tokens is None else request.max_tokens
         ),
-        sampling=sampling_of(request),
+        sampling=sampling_of(model, request),
         stop=request.stop_list(),
     )
     return admit(model, prepared)

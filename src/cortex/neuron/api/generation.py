@@ -37,6 +37,7 @@ from cortex.neuron.runtime.manager import ModelState, ServingModel
 from cortex.neuron.runtime.sink import QueueSink
 from cortex.protocol import openai as oa
 from cortex.request_ids import current_request_id
+from cortex.spec import SamplingDefaults
 
 request_log = logging.getLogger("cortex.neuron.requests")
 
@@ -77,18 +78,23 @@ class Prepared:
             self._holder = None
 
 
-def sampling_of(request: oa.SamplingFields, output_grammar: str | None = None) -> SamplingParams:
-    return SamplingParams(
-        temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
-        top_k=request.top_k or 0,
-        min_p=request.min_p or 0.0,
-        seed=request.seed,
-        presence_penalty=request.presence_penalty or 0.0,
-        frequency_penalty=request.frequency_penalty or 0.0,
-        repetition_penalty=request.repetition_penalty or 1.0,
-        grammar=output_grammar,
-    )
+ENGINE_SAMPLING = SamplingParams()  # the engine's defaults: temperature 1, top_p 1, rest off
+
+
+def sampling_of(
+    model: ServingModel, request: oa.SamplingFields, output_grammar: str | None = None
+) -> SamplingParams:
+    """Each sampling field: the request's when it sends one, else the model's default
+    (models.toml over the model file's), else the engine's."""
+    defaults = model.sampling_defaults
+    chosen = {
+        name: next(
+            (v for v in (getattr(request, name), getattr(defaults, name)) if v is not None),
+            getattr(ENGINE_SAMPLING, name),
+        )
+        for name in SamplingDefaults.model_fields
+    }
+    return SamplingParams(**chosen, seed=request.seed, grammar=output_grammar)
 
 
 def admit(model: ServingModel, prepared: Prepared) -> Prepared:

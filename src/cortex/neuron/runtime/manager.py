@@ -36,12 +36,13 @@ from cortex.errors import (
 from cortex.neuron.engines import engine_for
 from cortex.neuron.engines.base import EmbeddingJob, EngineFault, EngineInfo, GenerationRequest
 from cortex.neuron.files.estimate import MemoryEstimate, estimate_memory
+from cortex.neuron.files.sampling_defaults import read_sampling_defaults
 from cortex.neuron.files.sources import headers_of, prepare_source
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.runtime.devices import Device, read_memory
 from cortex.neuron.runtime.engine_process import EngineExit, EngineLoadFailed, EngineProcess
 from cortex.protocol.neuron import DeviceStatus, EngineFaultStatus, ModelState, ModelStatus
-from cortex.spec import ModelSpec
+from cortex.spec import ModelSpec, SamplingDefaults
 
 log = logging.getLogger("cortex.neuron.runtime.manager")
 
@@ -88,15 +89,23 @@ class LoadedModel:
     fallback: str | None = None
     restarts: int = 0
     last_fault: EngineExit | None = None
+    file_sampling: SamplingDefaults = field(default_factory=SamplingDefaults)  # the file's own
 
     @property
     def id(self) -> str:
         return self.spec.id
 
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        """What a request's missing sampling fields take: models.toml's over the file's."""
+        own = self.spec.sampling
+        return own.over(self.file_sampling) if own else self.file_sampling
+
     def status(self) -> ModelStatus:
         max_batch = self.engine.info.max_batch if self.engine else self.spec.max_batch
         pids = self.engine.pids if self.engine else []
         fault = self.last_fault
+        defaults = self.sampling_defaults
         return ModelStatus(
             id=self.id,
             state=self.state,
@@ -115,6 +124,7 @@ class LoadedModel:
                 else None
             ),
             fallback=self.fallback,
+            sampling_defaults=None if defaults.is_empty() else defaults,
         )
 
 
@@ -137,6 +147,10 @@ class ServingModel:
     @property
     def metrics(self) -> NeuronMetrics | None:
         return self.loaded.metrics
+
+    @property
+    def sampling_defaults(self) -> SamplingDefaults:
+        return self.loaded.sampling_defaults
 
     def is_current(self) -> bool:
         """Still the engine the model serves with (not faulted, reloaded or unloaded)."""
@@ -173,6 +187,7 @@ class ModelFiles:
     prepare: Callable[..., Path] = prepare_source
     estimate: Callable[[Path, ModelSpec], MemoryEstimate] = estimate_memory
     launch: Launcher = launch_engine_process
+    sampling_defaults: Callable[[Path], SamplingDefaults] = read_sampling_defaults
 
 
 class ModelManager:
@@ -259,6 +274,7 @@ class ModelManager:
                 return existing
             path = path or await self._prepare(spec)  # unloaded while this load waited
             estimate = await asyncio.to_thread(self._files.estimate, path, spec)
+            file_sampling = await asyncio.to_thread(self._files.sampling_defaults, path)
             device = self._pick_device()
             self._check_fits(device, estimate.total_mb, spec)
             model = LoadedModel(
@@ -269,6 +285,7 @@ class ModelManager:
                 embedding_mb=estimate.embedding_mb,
                 metrics=self._metrics,
                 use_extra_buffer_types=spec.extra_buffer_types is not False,
+                file_sampling=file_sampling,
             )
             self._models[spec.id] = model  # counted against the budget while it loads
             started = time.perf_counter()
