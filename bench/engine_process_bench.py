@@ -107,8 +107,10 @@ async def generate(host, tokens: list[int], max_new: int) -> tuple[float, float,
 async def open_host(kind: str, spec: ModelSpec, path: Path):
     if kind == "thread":
         return await asyncio.to_thread(ThreadHost, spec, path)
+    # Extra buffer types off on both sides: the same engine either way, and safe on
+    # CPUs where llama.cpp's AMX path crashes in-process.
     return await EngineProcess.launch(
-        path, spec, "cpu", 2, use_extra_buffer_types=True, on_exit=lambda exit: None
+        path, spec, "cpu", 2, use_extra_buffer_types=False, on_exit=lambda exit: None
     )
 
 

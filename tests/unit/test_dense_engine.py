@@ -14,10 +14,11 @@ from cortex.neuron.engines.base import (
     SamplingParams,
     TextChunk,
 )
+from cortex.spec import ModelSpec
 
 torch = required.module("torch")
 
-from cortex.neuron.engines.dense.engine import DenseEngine  # noqa: E402
+from cortex.neuron.engines.dense.engine import DenseEngine, create_dense_engine  # noqa: E402
 
 VOCAB = 50
 EOS = 0
@@ -200,3 +201,10 @@ def test_what_a_forward_would_choke_on_is_refused_at_submit() -> None:
     with pytest.raises(InvalidRequest, match="empty"):
         e.submit(request([])[0])
     assert not e.has_work()
+
+
+def test_a_quantised_kv_cache_is_refused_before_any_load(tmp_path) -> None:
+    spec = ModelSpec(id="m", source=f"file:{tmp_path}", kv_cache_type="q8_0")
+    with pytest.raises(InvalidRequest, match="kv_cache_type 'q8_0'") as refused:
+        create_dense_engine(tmp_path, spec, "cpu", 1)  # an empty directory: nothing read
+    assert refused.value.param == "kv_cache_type"

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import re
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
+import llama_cpp as C
 import numpy as np
 import pytest
 from gguf import GGUFReader, GGUFWriter
+from llama_cpp import _logger as llama_cpp_logger
 from safetensors.numpy import save_file
 
 from cortex.errors import InvalidRequest
+from cortex.neuron.engines.llamacpp.engine import LlamaCppEngine
 from cortex.neuron.files.estimate import estimate_memory
 from cortex.neuron.files.sources import parse_source, resolve_local
 from cortex.spec import ModelSpec
@@ -70,6 +76,63 @@ def test_gguf_context_is_padded_and_capped_as_llama_cpp_does(gguf_path: Path) ->
     # ... and the engine caps the context at the training context (8192 here).
     capped = estimate_memory(gguf_path, spec(context_length=32768, max_batch=2))
     assert capped.kv_tokens == 8192 * 2
+
+
+# ggml's blocks of 32 elements: an f16 scale and 32 int8 (q8_0) or 32 nibbles (q4_0)
+BYTES_PER_32 = {"f16": 64, "q8_0": 2 + 32, "q4_0": 2 + 16}
+
+
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0", "q4_0"])
+def test_gguf_kv_cache_follows_kv_cache_type(gguf_path: Path, kv_type: str) -> None:
+    f16 = estimate_memory(gguf_path, spec(context_length=4096, max_batch=1))
+    typed = estimate_memory(
+        gguf_path, spec(context_length=4096, max_batch=1, kv_cache_type=kv_type)
+    )
+    elements = 4096 * 30 * 3 * (64 + 64)
+    assert typed.kv_cache_mb == ceil_mb(elements // 32 * BYTES_PER_32[kv_type])
+    assert typed.kv_dtype_bytes == BYTES_PER_32[kv_type] / 32
+    assert typed.total_mb - f16.total_mb == typed.kv_cache_mb - f16.kv_cache_mb
+    # the weights, the overhead and the embedding context's (f16) KV do not move
+    assert (typed.weights_mb, typed.overhead_mb, typed.embedding_mb) == (
+        f16.weights_mb,
+        f16.overhead_mb,
+        f16.embedding_mb,
+    )
+    assert typed.kv_cache_mb == {"f16": 90, "q8_0": 48, "q4_0": 26}[kv_type]
+
+
+@pytest.fixture
+def llama_log() -> Iterator[list[str]]:
+    """What llama.cpp logs meanwhile (its log callback is process-wide: restored after)."""
+    lines: list[str] = []
+
+    @C.llama_log_callback
+    def collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        lines.append(text.decode(errors="replace"))
+
+    C.llama_log_set(collect, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:  # back to llama-cpp-python's own, set at its import
+        C.llama_log_set(llama_cpp_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+@pytest.mark.slow  # loads the model in llama.cpp three times
+@pytest.mark.parametrize("kv_type", ["f16", "q8_0", "q4_0"])
+def test_gguf_kv_estimate_is_what_llama_cpp_allocates(
+    gguf_path: Path, llama_log: list[str], kv_type: str
+) -> None:
+    model = spec(context_length=2048, max_batch=2, kv_cache_type=kv_type)
+    # extra buffer types off: llama.cpp's AMX path crashes on some CPUs
+    engine = LlamaCppEngine(gguf_path, model, "cpu", 1, use_extra_buffer_types=False)
+    engine.close()
+    # "llama_kv_cache: size =   47.81 MiB (  2048 cells, 30 layers, 2/2 seqs), K (q8_0): ..."
+    found = re.search(r"llama_kv_cache: size = +([\d.]+) MiB.*K \((\w+)\)", "".join(llama_log))
+    assert found, "llama.cpp logged no KV cache size"
+    reported_mb, reported_type = float(found[1]), found[2]
+    assert reported_type == kv_type
+    estimate = estimate_memory(gguf_path, model)
+    assert reported_mb <= estimate.kv_cache_mb <= reported_mb * 1.05
 
 
 def test_memory_mb_overrides_the_total_only(gguf_path: Path) -> None:

@@ -219,5 +219,5 @@ class EngineFactory(Protocol):
         device_id: str,
         n_threads: int,
         *,
-        use_extra_buffer_types: bool = True,
+        use_extra_buffer_types: bool = False,
     ) -> Engine: ...

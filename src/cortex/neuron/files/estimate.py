@@ -3,6 +3,10 @@
     total = weights + KV cache + overhead          (each rounded up to whole MiB)
     KV    = kv_tokens * kv_heads_total * (key_length + value_length) * kv_dtype_bytes
 
+``kv_dtype_bytes`` is per element: a GGUF model's follows its spec's ``kv_cache_type``
+(f16 2; q8_0 and q4_0 are ggml blocks of 32 elements, 34 and 18 bytes: 1.0625 and
+0.5625), a safetensors model's its torch dtype.
+
 ``kv_heads_total`` is the sum of KV heads over the layers (``n_layer * n_head_kv``
 when every layer has the same count). A spec's ``memory_mb`` overrides the total;
 the parts are still worked out, so an operator can compare the two.
@@ -19,7 +23,9 @@ never embed, so the manager counts it into the model's memory only when it is cr
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +40,10 @@ LLAMACPP_UBATCH_TOKENS = 512
 # (llama.cpp computes logits for each, in the compute buffer and again in the output buffer).
 LLAMACPP_EMBED_UBATCH_TOKENS = 128
 _LLAMACPP_CTX_PAD = 256  # llama.cpp rounds each sequence's context up to a multiple of this
-_KV_F16 = 2  # llama.cpp's default KV cache type is f16
+# Bytes per element of each kv_cache_type: ggml's q8_0 and q4_0 blocks hold 32 elements in
+# an f16 scale and 32 int8 (34 bytes) or 16 bytes of 4-bit pairs (18; ggml-common.h).
+KV_CACHE_BYTES = {"f16": Fraction(2), "q8_0": Fraction(34, 32), "q4_0": Fraction(18, 32)}
+_KV_F16 = KV_CACHE_BYTES["f16"]  # the embedding context's, whatever the spec's (embed.py)
 _LOGIT_BYTES = 4  # logits are f32
 # Backend contexts, graph metadata and the in-memory vocabulary: ~18 MiB for
 # SmolLM2-135M's 49k-token vocabulary, rounded up for bigger ones.
@@ -63,7 +72,7 @@ class MemoryEstimate:
     key_length: int
     value_length: int
     kv_tokens: int  # KV cells allocated: per-sequence context * sequences
-    kv_dtype_bytes: int
+    kv_dtype_bytes: float  # per element: 2 for f16, 1.0625 for q8_0, 0.5625 for q4_0
     n_vocab: int
     overridden: bool
 
@@ -135,7 +144,14 @@ def _estimate_gguf(path: Path, spec: ModelSpec) -> MemoryEstimate:
         + _EMBED_CONTEXT_OVERHEAD
     )
     return _assemble(
-        "gguf", spec, header.tensor_bytes, shape, per_sequence, _KV_F16, overhead, embedding
+        "gguf",
+        spec,
+        header.tensor_bytes,
+        shape,
+        per_sequence,
+        KV_CACHE_BYTES[spec.kv_cache_type],
+        overhead,
+        embedding,
     )
 
 
@@ -181,6 +197,7 @@ def _estimate_safetensors(path: Path, spec: ModelSpec) -> MemoryEstimate:
     dtype = config.get("torch_dtype") or config.get("dtype")
     # No dtype written: transformers' historical default is float32, the safe side.
     kv_bytes = _TORCH_DTYPE_BYTES.get(str(dtype), 4) if dtype else 4
+    # (a spec's kv_cache_type is llama.cpp's; the dense engine refuses a quantised one)
     # The dense engine (engines/dense/engine.py) runs one sequence at a time: one full context
     # of KV and one row of f32 logits, whatever max_batch says.
     overhead = _BASE_OVERHEAD + shape.n_vocab * _LOGIT_BYTES
@@ -256,7 +273,7 @@ def _assemble(
     weight_bytes: int,
     shape: _Shape,
     per_sequence: int,
-    kv_dtype_bytes: int,
+    kv_dtype_bytes: Fraction | int,  # per element
     overhead_bytes: int,
     embedding_bytes: int,
     sequences: int | None = None,
@@ -280,14 +297,15 @@ def _assemble(
         key_length=shape.key_length,
         value_length=shape.value_length,
         kv_tokens=kv_tokens,
-        kv_dtype_bytes=kv_dtype_bytes,
+        kv_dtype_bytes=float(kv_dtype_bytes),
         n_vocab=shape.n_vocab,
         overridden=spec.memory_mb is not None,
     )
 
 
-def _kv_bytes(shape: _Shape, tokens: int, dtype_bytes: int) -> int:
-    return tokens * sum(shape.kv_heads) * (shape.key_length + shape.value_length) * dtype_bytes
+def _kv_bytes(shape: _Shape, tokens: int, dtype_bytes: Fraction | int) -> int:
+    elements = tokens * sum(shape.kv_heads) * (shape.key_length + shape.value_length)
+    return math.ceil(elements * dtype_bytes)
 
 
 def _per_layer(value: Any, n_layer: int) -> tuple[int, ...]:

@@ -296,6 +296,13 @@ def create_dense_engine(
 ) -> DenseEngine:
     """The engine factory ``engines.engine_for`` hands out for a checkpoint directory
     (or the one safetensors file of one)."""
+    if spec.kv_cache_type != "f16":  # refused, not ignored: the spec would not be served
+        raise InvalidRequest(
+            f"kv_cache_type '{spec.kv_cache_type}' is a llama.cpp setting: the dense engine "
+            f"serving {path.name} keeps its KV cache in the model's compute dtype. Remove "
+            'kv_cache_type (or set "f16"), or serve a GGUF file of the model.',
+            param="kv_cache_type",
+        )
     if path.is_file():
         path = path.parent
     cls = TensorParallelDenseEngine if spec.tensor_parallel > 1 else DenseEngine

@@ -103,6 +103,9 @@ class EmbeddingContext:
         params.n_threads_batch = n_threads
         params.embeddings = True
         params.pooling_type = pooling
+        # The KV stays f16 (llama.cpp's default) whatever the spec's kv_cache_type: it holds
+        # one sequence, and quantising it would move the vectors away from llama.cpp's own
+        # (tests/unit/test_llamacpp_embed.py); estimate.py's embedding_mb counts it as f16.
         params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.no_perf = True
         ctx = C.llama_init_from_model(model, params)

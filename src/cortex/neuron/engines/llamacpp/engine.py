@@ -8,8 +8,12 @@ and every ``step`` decodes one token for each generating sequence plus a chunk
 of each waiting prompt in a single ``llama_decode``.
 
 Slots keep the tokens whose KV they hold after a request ends; a new request
-takes the free slot sharing the longest prefix with its prompt (the LRU slot
-when none does), so a resent conversation only prefills what is new.
+takes the free slot sharing the longest prefix with its prompt (an empty slot, or
+the least recently used one, when none shares a useful prefix), so a resent
+conversation only prefills what is new. What a slot held before another
+conversation takes it is saved to host RAM (``host_cache.py``) and put back into a
+free slot when its conversation returns, so more conversations than slots stay
+cached.
 
 Embeddings use a second context on the same model (``llamacpp_embed.py``), created
 on the first embeddings job; each ``step`` also advances it by one micro-batch.
@@ -41,12 +45,14 @@ from cortex.neuron.engines.base import (
     emit_generated,
 )
 from cortex.neuron.engines.llamacpp.embed import EmbeddingContext, pooling_of
+from cortex.neuron.engines.llamacpp.host_cache import MIN_SAVED_TOKENS, HostCache, SavedSequence
 from cortex.neuron.engines.textstream import TextAssembler
 from cortex.neuron.files.estimate import LLAMACPP_UBATCH_TOKENS
 from cortex.spec import ModelSpec
 
 _BATCH_TOKENS = LLAMACPP_UBATCH_TOKENS  # the memory estimate sizes the compute buffer by it
 _PENALTY_WINDOW = 64
+_KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0}
 _backend_ready = False
 
 
@@ -116,8 +122,11 @@ class LlamaCppEngine:
         device_id: str,
         n_threads: int,
         *,
-        use_extra_buffer_types: bool = True,
+        use_extra_buffer_types: bool = False,
     ) -> None:
+        # Extra buffer types default to off, the setting that is safe on every CPU, for
+        # whoever builds an engine in their own process (tests, benches); the engine
+        # process passes what its canary found (``runtime/engine_host.py``).
         _init_backend()
         model_params = C.llama_model_default_params()
         for name, value in model_placement(
@@ -141,21 +150,33 @@ class LlamaCppEngine:
         ctx_params.n_threads = n_threads
         ctx_params.n_threads_batch = n_threads
         ctx_params.kv_unified = False
+        ctx_params.type_k = ctx_params.type_v = _KV_TYPES[spec.kv_cache_type]
         # Flash attention (llama.cpp's default here) is 8% faster decoding and 20% faster
         # prefill on this CPU; it also rounds through f16, which flips some near-tie greedy
         # tokens against an fp32 reference (tests/e2e/test_reference_equality.py).
-        ctx_params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_AUTO
+        # A quantised V cache works only with it (llama.cpp refuses the context with it off).
+        # llama.cpp 0.3.36 resolves "auto" to on for one by itself; asking outright keeps
+        # that from resting on how a given version resolves "auto".
+        ctx_params.flash_attn_type = (
+            C.LLAMA_FLASH_ATTN_TYPE_AUTO
+            if spec.kv_cache_type == "f16"
+            else C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        )
         ctx_params.no_perf = True
         self._ctx = C.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
             C.llama_model_free(self._model)
-            raise EngineFault(f"llama.cpp could not create a context for {spec.id}")
+            raise EngineFault(
+                f"llama.cpp could not create a context for {spec.id}"
+                f" (kv_cache_type {spec.kv_cache_type})"
+            )
         self._memory = C.llama_get_memory(self._ctx)
         self._context_length = C.llama_n_ctx_seq(self._ctx)
         self._batch = C.llama_batch_init(_BATCH_TOKENS + spec.max_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(spec.max_batch)]
         self.step_sequences = 0
         self._prefix_cache = spec.prefix_cache
+        self._host = HostCache(spec.kv_host_cache_mb * 2**20) if spec.prefix_cache else None
         self._waiting: deque[GenerationRequest] = deque()
         self._active: list[_Sequence] = []
         self._piece = ctypes.create_string_buffer(256)
@@ -276,6 +297,14 @@ class LlamaCppEngine:
                 )
                 continue
             slot, reuse = self._best_slot(free, request.prompt_tokens)
+            saved, saved_shared = self._saved_for(request.prompt_tokens)
+            if saved is not None and saved_shared > reuse:
+                # Host RAM holds more of this prompt than any free slot: put it back.
+                slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
+                self._save(slot)
+                reuse = saved_shared if self._restore(slot, saved) else 0
+            elif reuse < len(slot.tokens):
+                self._save(slot)  # what the slot held is about to be cut: keep it
             # Keep the shared prefix's KV, drop the rest of what the slot held.
             C.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
             slot.tokens = slot.tokens[:reuse]
@@ -302,9 +331,48 @@ class LlamaCppEngine:
                 n += 1
             return n
 
-        slot = max(free, key=lambda s: (shared(s), -s.last_used))
+        def preference(slot: _Slot) -> tuple[int, bool, float]:
+            # A few shared tokens (the chat template's header) are not worth taking a
+            # slot that holds another conversation: an empty one, or the least recently
+            # used, goes first; what was there is saved to host RAM.
+            n = shared(slot)
+            useful = n if n >= MIN_SAVED_TOKENS or n == len(slot.tokens) else 0
+            return useful, not slot.tokens, -slot.last_used
+
+        slot = max(free, key=preference)
         # At least one prompt token must be decoded again to get logits to sample from.
         return slot, min(shared(slot), len(prompt) - 1)
+
+    def _saved_for(self, prompt: list[int]) -> tuple[SavedSequence | None, int]:
+        """The saved sequence sharing the longest prefix with ``prompt``, and how much
+        of it can be used (at least one prompt token is always decoded again)."""
+        if self._host is None:
+            return None, 0
+        saved, shared = self._host.longest(prompt)
+        return saved, min(shared, len(prompt) - 1)
+
+    def _save(self, slot: _Slot) -> None:
+        """Copy the slot's KV to host RAM before it is cut, unless it is short or held."""
+        host = self._host
+        if host is None or len(slot.tokens) < MIN_SAVED_TOKENS or host.covers(slot.tokens):
+            return
+        size = C.llama_state_seq_get_size(self._ctx, slot.seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        written = C.llama_state_seq_get_data(self._ctx, buffer, size, slot.seq_id)
+        if written:
+            host.put(slot.tokens, bytes(buffer)[:written])
+
+    def _restore(self, slot: _Slot, saved: SavedSequence) -> bool:
+        """Replace what the slot holds with ``saved``; False (slot empty) if refused."""
+        C.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        state = (ctypes.c_uint8 * len(saved.state)).from_buffer_copy(saved.state)
+        if not C.llama_state_seq_set_data(self._ctx, state, len(saved.state), slot.seq_id):
+            slot.tokens = []
+            return False
+        assert self._host is not None
+        self._host.take(saved)
+        slot.tokens = list(saved.tokens)
+        return True
 
     def _make_sampler(self, request: GenerationRequest) -> ctypes.c_void_p | None:
         params = request.sampling
