@@ -46,7 +46,7 @@ from cortex.protocol.neuron import (
     UnloadRequest,
     incompatibility,
 )
-from cortex.spec import ModelSpec
+from cortex.spec import ModelSpec, SamplingDefaults
 
 SPEC = ModelSpec(id="m", source="file:/models/m.gguf", pinned=True, priority=70)
 CPU = DeviceStatus(
@@ -147,8 +147,13 @@ def test_a_newer_minor_neuron_is_read_and_its_new_fields_ignored() -> None:
     body = json.loads(node_status("1.7", MODEL).model_dump_json())
     body["uptime_s"] = 5
     body["models"][0]["spec"]["speculative"] = True  # a spec key this side does not know
+    body["models"][0]["spec"]["sampling"] = {"temperature": 0.5, "xtc_probability": 0.1}
+    body["models"][0]["sampling_defaults"] = {"top_k": 20, "mirostat": 2}
     status = NodeStatus.model_validate(body)
-    assert status.models[0].spec == SPEC
+    assert status.models[0].spec == SPEC.model_copy(
+        update={"sampling": SamplingDefaults(temperature=0.5)}
+    )
+    assert status.models[0].sampling_defaults == SamplingDefaults(top_k=20)
     assert incompatibility(status.contract) is None
 
 

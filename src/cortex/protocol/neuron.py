@@ -101,8 +101,20 @@ class ModelStatus(_Wire):
         # ModelSpec refuses unknown keys (a models.toml typo must not pass), but a newer
         # minor neuron may echo a spec with more of them: read what this side knows.
         if isinstance(value, dict):
-            return {k: v for k, v in value.items() if k in ModelSpec.model_fields}
+            value = _known(ModelSpec, value)
+            if isinstance(value.get("sampling"), dict):
+                value["sampling"] = _known(SamplingDefaults, value["sampling"])
         return value
+
+    @field_validator("sampling_defaults", mode="before")
+    @classmethod
+    def _known_sampling_keys(cls, value: Any) -> Any:
+        return _known(SamplingDefaults, value) if isinstance(value, dict) else value
+
+
+def _known(model: type[BaseModel], value: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``value`` that ``model`` has: what this side of the contract reads."""
+    return {k: v for k, v in value.items() if k in model.model_fields}
 
 
 class NodeStatus(_Wire):
