@@ -36,6 +36,7 @@ from cortex.protocol.neuron import (
     UnloadRequest,
 )
 from cortex.protocol.parsing import parse_body, parse_json, parse_model
+from cortex.protocol.prefix_digest import prefix_chain
 from cortex.protocol.sse import PROMPT_TOKENS_HEADER, REPORT_HEADER, SSE_HEADERS
 from cortex.spec import ModelSpec
 
@@ -149,9 +150,12 @@ def _wants_usage(body: oa.SamplingFields) -> bool:
 
 
 async def chat_completions(request: Request) -> Response:
-    chat = parse_body(oa.ChatCompletionRequest, await _body(request))
+    body = parse_json(await _body(request))
+    chat = parse_model(oa.ChatCompletionRequest, body)
     model = _manager(request).ready(chat.model)
+    chain = prefix_chain(body)  # before admission: nothing may fail between it and the try
     prepared = await chat_api.prepare_chat(model, chat)
+    model.remember_prefix(chain)  # admitted: its prompt is about to be in the cache
     if chat.stream:
         return _event_stream(chat_api.stream(model, prepared, _wants_usage(chat)), prepared)
     try:
@@ -162,9 +166,12 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def completions(request: Request) -> Response:
-    body = parse_body(oa.CompletionRequest, await _body(request))
+    raw = parse_json(await _body(request))
+    body = parse_model(oa.CompletionRequest, raw)
     model = _manager(request).ready(body.model)
+    chain = prefix_chain(raw)
     prepared = await text_completions.prepare_completion(model, body)
+    model.remember_prefix(chain)
     if body.stream:
         frames = text_completions.stream_text(model, prepared, _wants_usage(body))
         return _event_stream(frames, prepared)

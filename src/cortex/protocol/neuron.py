@@ -14,11 +14,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cortex.spec import ModelSpec, SamplingDefaults
 
-CONTRACT_VERSION = "1.0"
+# 1.1: ModelStatus.prefix_digest (1.0 neurons report none; routing then falls back to
+# what this gateway itself sent where, and to least-loaded).
+CONTRACT_VERSION = "1.1"
 
 
 def contract_major(version: str) -> str:
@@ -94,6 +96,10 @@ class ModelStatus(_Wire):
     # Sampling for the fields a request leaves out: the spec's over the model file's
     # (None: neither sets any, or an older neuron; the engine's defaults apply).
     sampling_defaults: SamplingDefaults | None = None
+    # Chain hashes (``protocol.prefix_digest``) of the prompts this model admitted
+    # lately, least recent first: where a conversation's prefix is likely cached, for
+    # the gateway's routing. Bounded; empty from a neuron older than contract 1.1.
+    prefix_digest: list[str] = Field(default_factory=list)
 
     @field_validator("spec", mode="before")
     @classmethod

@@ -42,6 +42,7 @@ from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.runtime.devices import Device, read_memory
 from cortex.neuron.runtime.engine_process import EngineExit, EngineLoadFailed, EngineProcess
 from cortex.protocol.neuron import DeviceStatus, EngineFaultStatus, ModelState, ModelStatus
+from cortex.protocol.prefix_digest import PrefixSet
 from cortex.spec import ModelSpec, SamplingDefaults
 
 log = logging.getLogger("cortex.neuron.runtime.manager")
@@ -68,6 +69,14 @@ class EngineHandle(Protocol):
 
 Launcher = Callable[..., Awaitable[EngineHandle]]
 
+# Chain hashes a model reports as its prefix digest. The digest approximates what the
+# engine's cache tiers hold (llama.cpp keeps ``max_batch`` slots on the device and a
+# host-RAM tier of a few hundred saved sequences at most, both LRU): a conversation
+# adds about one hash per message, so 1024 hashes cover some fifty to a hundred
+# conversations, about as many as those tiers keep. An entry the engine has already
+# evicted costs a prefill where it is sent, nothing worse. About 20 kB in /status.
+PREFIX_DIGEST_HASHES = 1024
+
 
 @dataclass
 class LoadedModel:
@@ -90,6 +99,8 @@ class LoadedModel:
     restarts: int = 0
     last_fault: EngineExit | None = None
     file_sampling: SamplingDefaults = field(default_factory=SamplingDefaults)  # the file's own
+    # Prompts admitted lately, as chain hashes: what the gateway routes follow-ups by.
+    prefixes: PrefixSet = field(default_factory=lambda: PrefixSet(PREFIX_DIGEST_HASHES))
 
     @property
     def id(self) -> str:
@@ -125,6 +136,7 @@ class LoadedModel:
             ),
             fallback=self.fallback,
             sampling_defaults=None if defaults.is_empty() else defaults,
+            prefix_digest=self.prefixes.hashes(),
         )
 
 
@@ -151,6 +163,10 @@ class ServingModel:
     @property
     def sampling_defaults(self) -> SamplingDefaults:
         return self.loaded.sampling_defaults
+
+    def remember_prefix(self, chain: list[str]) -> None:
+        """An admitted request's chain hashes: its prompt is now in this model's cache."""
+        self.loaded.prefixes.add(chain)
 
     def is_current(self) -> bool:
         """Still the engine the model serves with (not faulted, reloaded or unloaded)."""
@@ -455,6 +471,7 @@ class ModelManager:
                 return
             model.engine, model.state = engine, ModelState.READY
             model.restarts += 1
+            model.prefixes.clear()  # a new engine starts with an empty cache
             self._metrics.recoveries.labels(model_id, "ok").inc()
             self._metrics.engine_restarts.labels(model_id).inc()
             log.info(
