@@ -1,27 +1,16 @@
-"""Session keys: one per conversation, or per explicit x-session-id."""
+"""Explicit sessions: a key per x-session-id and model, none without the header."""
 
 from __future__ import annotations
 
 from cortex.gateway.affinity import AffinityTable, session_key
 
-OPENING = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
 
-
-def test_a_conversation_keeps_its_key_as_it_grows() -> None:
-    first = session_key("m", {"messages": OPENING}, {})
-    later = [*OPENING, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "?"}]
-    assert first is not None and session_key("m", {"messages": later}, {}) == first
-    other = [{"role": "user", "content": "Another topic."}]
-    assert session_key("m", {"messages": other}, {}) != first
-    assert session_key("other-model", {"messages": OPENING}, {}) != first
-
-
-def test_an_explicit_session_id_wins_over_the_messages() -> None:
-    one = session_key("m", {"messages": OPENING}, {"x-session-id": "s-1"})
-    assert one == session_key(
-        "m", {"messages": [{"role": "user", "content": "x"}]}, {"x-session-id": "s-1"}
-    )
-    assert one != session_key("m", {"messages": OPENING}, {"x-session-id": "s-2"})
+def test_only_an_explicit_session_id_makes_a_key() -> None:
+    assert session_key("m", {}) is None
+    one = session_key("m", {"x-session-id": "s-1"})
+    assert one is not None and one == session_key("m", {"x-session-id": "s-1"})
+    assert one != session_key("m", {"x-session-id": "s-2"})
+    assert one != session_key("other-model", {"x-session-id": "s-1"})
 
 
 def test_the_table_forgets_the_least_recently_used() -> None:

@@ -3,6 +3,10 @@ shares every hash of the turns before it, and nothing with another conversation.
 
 from __future__ import annotations
 
+from typing import Any
+
+from cortex.protocol import anthropic as an
+from cortex.protocol.parsing import parse_model
 from cortex.protocol.prefix_digest import (
     MIN_SHARED_CHARS,
     TEXT_CHUNK_CHARS,
@@ -11,6 +15,7 @@ from cortex.protocol.prefix_digest import (
     match_depth,
     prefix_chain,
 )
+from cortex.translate.requests import to_chat_request
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 FIRST = [SYSTEM, {"role": "user", "content": "Name a river."}]
@@ -80,3 +85,28 @@ def test_a_match_counts_from_the_first_user_message_or_a_long_opening() -> None:
     text = chain_of({"prompt": "short"})
     assert text.opening == 1 and text.counts(1)
     assert chain_of({"messages": [SYSTEM]}).counts(2)  # no user message: all of it counts
+
+
+def test_an_anthropic_follow_up_shares_its_earlier_turns_once_translated() -> None:
+    """Claude Code moves its cache_control mark to the newest message every turn and
+    changes the billing line per conversation: neither may break the chain."""
+
+    def translated(messages: list[dict[str, Any]], billing: str) -> list[str]:
+        body = {
+            "model": "claude-x",
+            "max_tokens": 100,
+            "system": [{"type": "text", "text": billing}, {"type": "text", "text": "Be brief."}],
+            "messages": messages,
+        }
+        return prefix_chain(to_chat_request(parse_model(an.MessagesRequest, body)))
+
+    mark = {"cache_control": {"type": "ephemeral"}}
+    first = [{"role": "user", "content": [{"type": "text", "text": "Name a river.", **mark}]}]
+    later = [
+        {"role": "user", "content": [{"type": "text", "text": "Name a river."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "The Nile."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Another?", **mark}]},
+    ]
+    billing = "x-anthropic-billing-header: cc_version=2.1; cch=%s;"
+    one, two = translated(first, billing % "a1"), translated(later, billing % "b2")
+    assert len(one) == 3 and two[:3] == one

@@ -1,47 +1,24 @@
-"""Session affinity: a conversation keeps going to the node that holds its prefix in cache.
+"""Explicit sessions: a client that names its session (``x-session-id``) is pinned to the
+node that served it first, for as long as that node holds the model.
 
-A follow-up request repeats the conversation so far, so everything up to and
-including the first user turn is the same in every request of one conversation;
-its hash is the session key. Conversations that open identically share a key too,
-which is what a prefix cache wants. A client may name its session explicitly with
-the ``x-session-id`` header.
+Conversations without the header are routed by where their prefix lives
+(``routing.choose_holder`` over the neurons' prefix digests), which needs no memory
+in the gateway and survives its restart; the pin is for clients that want one node
+whatever their prompts look like.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
 
 SESSION_HEADER = "x-session-id"
 
 
-def session_key(model_id: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
+def session_key(model_id: str, headers: Mapping[str, str]) -> str | None:
+    """The request's explicit session, per model; None without the header."""
     explicit = headers.get(SESSION_HEADER)
-    if explicit:
-        return f"{model_id}\0id\0{explicit}"
-    opening = _opening(body)
-    if opening is None:
-        return None
-    digest = hashlib.blake2b(
-        json.dumps(opening, sort_keys=True, default=str).encode(), digest_size=16
-    )
-    return f"{model_id}\0{digest.hexdigest()}"
-
-
-def _opening(body: Mapping[str, Any]) -> Any:
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for index, message in enumerate(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                return [body.get("system"), messages[: index + 1]]
-        return None
-    prompt = body.get("prompt")
-    if isinstance(prompt, str) and prompt:
-        return prompt[:2048]  # a long shared document opening is prefix enough
-    return None
+    return f"{model_id}\0id\0{explicit}" if explicit else None
 
 
 class AffinityTable:

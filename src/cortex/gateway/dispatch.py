@@ -24,6 +24,7 @@ from cortex.gateway.proxy import UpstreamRequest
 from cortex.gateway.recording import forwarded_headers, record
 from cortex.gateway.renderers import Renderer
 from cortex.gateway.state import GatewayState, state_of
+from cortex.protocol.prefix_digest import chain_of
 
 Resolve = Callable[[str], str]  # a client's model name (id or alias) -> the model id
 
@@ -38,7 +39,7 @@ class Forward:
 
     path: str
     model_id: str
-    body: Mapping[str, Any]  # as the neuron gets it; routing reads the conversation's opening
+    body: Mapping[str, Any]  # as the neuron gets it; routing hashes its prompt's prefix
     raw: bytes | None = None  # ``body`` as the client sent it, forwarded as is when at hand
     renderer: Renderer | None = None  # the client asked for a stream
     answer: Callable[[bytes], bytes] = _unchanged  # a plain answer, in the client's dialect
@@ -60,10 +61,16 @@ async def dispatch(request: Request, prepare: Prepare) -> Response:
     forward = prepare(raw, lambda name: resolve_model(state, name))
     model_id = forward.model_id
     holders = state.scheduler.holders(model_id)
-    # affinity only matters where there is a choice of node
-    session = session_key(model_id, forward.body, request.headers) if len(holders) > 1 else None
+    # Where the prefix lives only matters where there is a choice of node; with one
+    # holder its neuron's own digest tells the gateway later, should a second appear.
+    choice = len(holders) > 1
     upstream = UpstreamRequest(
-        forward.path, model_id, forward.encoded(), forwarded_headers(), session
+        forward.path,
+        model_id,
+        forward.encoded(),
+        forwarded_headers(),
+        session=session_key(model_id, request.headers) if choice else None,
+        prefix=chain_of(forward.body) if choice else None,
     )
     if forward.renderer is not None:
         return await state.proxy.stream(upstream, forward.renderer, cold=not holders)

@@ -2,11 +2,12 @@
 
 Two writers, each of its own fields, on one event loop (so no locks):
 
-- what the neurons report (``up``, ``error``, ``contract``, ``devices``, ``models``)
-  is written only through ``Fleet.record_*``: by the poller, and by the scheduler
-  when a load or unload answers ahead of the next poll;
+- what the neurons report (``up``, ``error``, ``contract``, ``devices``, ``models``,
+  ``digests``) is written only through ``Fleet.record_*``: by the poller, and by the
+  scheduler when a load or unload answers ahead of the next poll;
 - the gateway's own bookkeeping per node (``active``, ``routed_at``, ``leaving``,
-  ``reserved_mb``) is written by the scheduler, which owns those decisions.
+  ``reserved_mb``, ``routed_prefixes``) is written by the scheduler, which owns those
+  decisions.
 
 Request handlers and the pure decisions (``placement``) only read.
 """
@@ -26,6 +27,14 @@ from cortex.protocol.neuron import (
     NodeStatus,
     incompatibility,
 )
+from cortex.protocol.prefix_digest import PrefixSet, match_depth
+
+# Chain hashes this gateway remembers sending to each (node, model): what it knows of
+# a node's cache between polls, and all it knows of a neuron older than contract 1.1.
+# Kept beside the neuron's digest, not replaced by it, so it may name a prefix the
+# engine has since evicted; harmless: no other node holds that prefix deeper (a
+# conversation that moved is deeper where it went), so no better node is passed over.
+ROUTED_PREFIX_HASHES = 4096
 
 
 @dataclass
@@ -39,6 +48,8 @@ class Node:
     error: str | None = None
     devices: list[DeviceStatus] = field(default_factory=list)
     models: dict[str, ModelStatus] = field(default_factory=dict)
+    # Each model's reported prefix digest, as a set for lookups.
+    digests: dict[str, frozenset[str]] = field(default_factory=dict)
     # What this gateway knows before the next poll does: requests it has sent and not
     # yet finished, when it last sent one per model, models it is evicting, and memory
     # held for loads it has started.
@@ -46,6 +57,7 @@ class Node:
     routed_at: dict[str, float] = field(default_factory=dict)
     leaving: set[str] = field(default_factory=set)
     reserved_mb: dict[str, int] = field(default_factory=dict)  # by device id
+    routed_prefixes: dict[str, PrefixSet] = field(default_factory=dict)  # by model id
     # Restarts of a neuron this gateway supervises (the embedded default's), read live.
     restarts: Callable[[], int] | None = None
 
@@ -88,6 +100,25 @@ class Node:
         if (self.last_seen or 0.0) <= self.routed_at.get(model_id, 0.0):
             return active
         return max(active, polled)
+
+    def full(self, model_id: str) -> bool:
+        """As many requests for the model as its batch holds: one more would queue."""
+        model = self.models.get(model_id)
+        return model is not None and self.in_flight(model_id) >= model.spec.max_batch
+
+    def prefix_depth(self, model_id: str, chain: list[str]) -> int:
+        """How many leading parts of a request's prompt (``chain``) this node likely holds
+        in the model's cache: by its own report, or because this gateway sent them here."""
+        routed = self.routed_prefixes.get(model_id)
+        held = [self.digests.get(model_id, frozenset()), *([routed] if routed else [])]
+        return match_depth(chain, *held)
+
+    def routed_prefix(self, model_id: str, chain: list[str]) -> None:
+        """This gateway sends a request with ``chain`` here."""
+        routed = self.routed_prefixes.get(model_id)
+        if routed is None:
+            routed = self.routed_prefixes[model_id] = PrefixSet(ROUTED_PREFIX_HASHES)
+        routed.add(chain)
 
     def busy(self, model_id: str) -> bool:
         return self.in_flight(model_id) > 0
@@ -141,27 +172,38 @@ class Fleet:
         if (reason := incompatibility(status.contract)) is not None:
             self.record_incompatible(name, status.contract, reason)
             return
+        if not self.nodes[name].up:
+            # back after a restart or an outage: whatever it cached then may be gone
+            self.nodes[name].routed_prefixes.clear()
         node = self._answered(name, status.contract)
         node.compatible, node.error = True, None
         node.devices = list(status.devices)
         node.models = {m.id: m for m in status.models}
+        node.digests = {m.id: frozenset(m.prefix_digest) for m in status.models}
+        for gone in node.routed_prefixes.keys() - node.models.keys():
+            del node.routed_prefixes[gone]  # unloaded: its cache went with it
 
     def record_incompatible(self, name: str, contract: str | None, reason: str) -> None:
         """The node answers in a contract this gateway cannot read: shown, never used.
         Nothing else of its answer is kept (it may mean something else in that version)."""
         node = self._answered(name, contract)
         node.compatible, node.error = False, reason
-        node.devices, node.models = [], {}
+        node.devices, node.models, node.digests = [], {}, {}
+        node.routed_prefixes.clear()
 
     def record_model(self, name: str, status: ModelStatus) -> None:
         """One model's status as a load answered it, ahead of the next poll."""
-        self.nodes[name].models[status.id] = status
+        node = self.nodes[name]
+        node.models[status.id] = status
+        node.digests[status.id] = frozenset(status.prefix_digest)
 
     def record_unloaded(self, name: str, model_id: str) -> None:
         """The node unloaded the model, ahead of the next poll."""
         node = self.nodes[name]
         node.models.pop(model_id, None)
         node.routed_at.pop(model_id, None)
+        node.digests.pop(model_id, None)
+        node.routed_prefixes.pop(model_id, None)
 
     def record_miss(self, name: str, error: str) -> None:
         node = self.nodes[name]

@@ -28,6 +28,7 @@ from cortex.gateway.recording import record
 from cortex.gateway.renderers import Renderer
 from cortex.gateway.scheduler import Scheduler
 from cortex.protocol.errors import error_from_openai_body
+from cortex.protocol.prefix_digest import Chain
 from cortex.protocol.sse import (
     DONE,
     PROMPT_TOKENS_HEADER,
@@ -51,7 +52,8 @@ class UpstreamRequest:
     model_id: str
     body: bytes
     headers: dict[str, str]
-    session: str | None = None  # the conversation's key, for affinity
+    session: str | None = None  # the client's explicit session (x-session-id): pins
+    prefix: Chain | None = None  # the prompt's chain hashes, for routing
 
 
 class Upstream:
@@ -126,7 +128,9 @@ class Proxy:
         last_error: CortexError | None = None
         for _ in range(max(1, len(self._fleet.nodes))):
             asked = time.perf_counter()
-            node = await self._scheduler.acquire(model_id, frozenset(tried), request.session)
+            node = await self._scheduler.acquire(
+                model_id, frozenset(tried), request.session, request.prefix
+            )
             current = record()
             if current is not None:
                 current.sending(node.name, waited_s=time.perf_counter() - asked)

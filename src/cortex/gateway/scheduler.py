@@ -42,7 +42,9 @@ from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable
 from cortex.gateway.placement import LoadPlan, NoRoom, idle_models, plan_defrag, plan_load
 from cortex.gateway.rooms import rooms_of
+from cortex.gateway.routing import choose_holder
 from cortex.protocol.neuron import EstimateDetail, ModelState
+from cortex.protocol.prefix_digest import Chain
 from cortex.spec import ModelSpec
 
 log = logging.getLogger("cortex.gateway.scheduler")
@@ -87,27 +89,40 @@ class Scheduler:
         return self._fleet.holders(model_id)
 
     async def acquire(
-        self, model_id: str, exclude: frozenset[str] = frozenset(), session: str | None = None
+        self,
+        model_id: str,
+        exclude: frozenset[str] = frozenset(),
+        session: str | None = None,
+        prefix: Chain | None = None,
     ) -> Node:
-        """A node to send one request for ``model_id`` to, counted active until ``release``."""
-        node = await self._node_for(model_id, exclude, session)
+        """A node to send one request for ``model_id`` to, counted active until ``release``.
+
+        ``session``: a client's explicit session key (pins); ``prefix``: the request's
+        chain hashes (``protocol.prefix_digest``), to find the node holding most of it.
+        """
+        node = await self._node_for(model_id, exclude, session, prefix)
         # no await since the node was chosen: eviction cannot take the model in between
         node.begin(model_id)
         if session is not None:
             self._affinity.remember(session, node.name)
+        if prefix is not None:
+            # a follow-up arriving before the neuron's next poll reports it finds it here
+            node.routed_prefix(model_id, prefix.hashes)
         return node
 
     def release(self, node: Node, model_id: str) -> None:
         node.end(model_id)
 
-    async def _node_for(self, model_id: str, exclude: frozenset[str], session: str | None) -> Node:
+    async def _node_for(
+        self, model_id: str, exclude: frozenset[str], session: str | None, prefix: Chain | None
+    ) -> Node:
         holders = [n for n in self._fleet.holders(model_id) if n.name not in exclude]
         if holders:
-            preferred = self._affinity.get(session) if session else None
+            pinned = self._affinity.get(session) if session else None
             for node in holders:
-                if node.name == preferred:
+                if node.name == pinned:
                     return node
-            return min(holders, key=Node.load)
+            return choose_holder(holders, model_id, prefix)
         self._raise_if_recovering(model_id, exclude)
         profile = self._catalogue.profiles.get(model_id)
         if profile is None:
