@@ -61,6 +61,12 @@ class ModelSpec(BaseModel):
     # canary crashes; true or false forces the choice.
     extra_buffer_types: bool | Literal["auto"] = "auto"
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"  # llama.cpp's K and V cache type
+    # Speculative decoding (GGUF models): "ngram" drafts from the sequence's own tokens
+    # (prompt lookup) and verifies the drafts in the same decode. Off by default: on the
+    # CPUs measured it gains little, and llama.cpp rounds a multi-token batch differently,
+    # so greedy text can part from the unspeculated one at a near tie
+    # (bench/speculative_bench.py, BENCHMARKS.md).
+    speculative: Literal["off", "ngram"] = "off"
     # Sampling for the fields a request leaves out, over the model file's own
     # recommendation (generation_config.json, GGUF general.sampling.*).
     sampling: SamplingDefaults | None = None

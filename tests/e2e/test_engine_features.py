@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from procs import BUNDLED, UNENDING, Neuron
+from procs import BUNDLED, UNENDING, Neuron, metric
 
 pytestmark = pytest.mark.slow
 
@@ -176,3 +176,49 @@ def test_a_q8_0_kv_cache_answers_and_is_counted_smaller(node: Neuron) -> None:
         )
     finally:
         httpx.post(node.url + "/models/unload", json={"id": "kv-q8"}, timeout=30)
+
+
+CODE = """def area(width: float, height: float) -> float:
+    return width * height
+
+
+def perimeter(width: float, height: float) -> float:
+    return 2 * (width + height)
+"""
+
+
+def test_speculative_decoding_drafts_from_the_prompt_and_answers_the_same(node: Neuron) -> None:
+    """Prompt lookup drafts the repeated file and the model keeps most drafts; the greedy
+    answer is the unspeculated one over its first 24 tokens (a multi-token batch rounds
+    differently in llama.cpp, so much later a near tie may go the other way)."""
+    spec = {"id": "drafting", "source": BUNDLED, "context_length": 2048, "max_batch": 2}
+    loaded = httpx.post(
+        node.url + "/models/load",
+        json={**spec, "prefix_cache": False, "speculative": "ngram"},
+        timeout=60,
+    )
+    assert loaded.status_code == 200, loaded.text
+    try:
+        client = openai.OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0)
+        prompt = f"Here is a file:\n\n{CODE}\nWrite the file again, with area renamed to size."
+
+        def ask(model: str) -> str:
+            answer = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": prompt}],
+                temperature=0,
+                max_tokens=24,
+            )
+            assert answer.usage.completion_tokens == 24
+            return answer.choices[0].message.content
+
+        assert ask("drafting") == ask("uncached")
+        drafts = {
+            outcome: metric(node.url + "/metrics", "neuron_speculative_draft_tokens_total",
+                            model="drafting", outcome=outcome)
+            for outcome in ("accepted", "rejected")
+        }  # fmt: skip
+        assert drafts["accepted"] >= 8, drafts
+        assert node.model("drafting")["spec"]["speculative"] == "ngram"
+    finally:
+        httpx.post(node.url + "/models/unload", json={"id": "drafting"}, timeout=30)

@@ -208,3 +208,10 @@ def test_a_quantised_kv_cache_is_refused_before_any_load(tmp_path) -> None:
     with pytest.raises(InvalidRequest, match="kv_cache_type 'q8_0'") as refused:
         create_dense_engine(tmp_path, spec, "cpu", 1)  # an empty directory: nothing read
     assert refused.value.param == "kv_cache_type"
+
+
+def test_speculative_decoding_is_refused_before_any_load(tmp_path) -> None:
+    spec = ModelSpec(id="m", source=f"file:{tmp_path}", speculative="ngram")
+    with pytest.raises(InvalidRequest, match="speculative 'ngram'") as refused:
+        create_dense_engine(tmp_path, spec, "cpu", 1)
+    assert refused.value.param == "speculative"

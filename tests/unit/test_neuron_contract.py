@@ -146,7 +146,7 @@ def test_wire_names_stay_what_operators_read() -> None:
 def test_a_newer_minor_neuron_is_read_and_its_new_fields_ignored() -> None:
     body = json.loads(node_status("1.7", MODEL).model_dump_json())
     body["uptime_s"] = 5
-    body["models"][0]["spec"]["speculative"] = True  # a spec key this side does not know
+    body["models"][0]["spec"]["draft_model"] = "x"  # a spec key this side does not know
     body["models"][0]["spec"]["sampling"] = {"temperature": 0.5, "xtc_probability": 0.1}
     body["models"][0]["sampling_defaults"] = {"top_k": 20, "mirostat": 2}
     status = NodeStatus.model_validate(body)

@@ -47,6 +47,12 @@ class NeuronMetrics:
             ["model"],
             registry=self.registry,
         )
+        self.draft_tokens = Counter(
+            "neuron_speculative_draft_tokens",
+            "Tokens drafted by speculative decoding, by whether the model kept them",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
         self.recoveries = Counter(
             "neuron_recoveries",
             "Automatic reloads of a faulted model, by result (ok or failed)",

@@ -252,6 +252,10 @@ def _record(model: ServingModel, prepared: Prepared, cancelled: bool = False) ->
         if done is not None:
             metrics.generated_tokens.labels(model.id).inc(done.completion_tokens)
             metrics.prefix_cache_hits.labels(model.id).inc(done.cached_tokens)
+            if done.drafted_tokens:
+                drafts = metrics.draft_tokens
+                drafts.labels(model.id, "accepted").inc(done.accepted_tokens)
+                drafts.labels(model.id, "rejected").inc(done.drafted_tokens - done.accepted_tokens)
     report = prepared.report()
     fields = {
         "request_id": current_request_id.get(),

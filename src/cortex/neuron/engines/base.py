@@ -79,6 +79,8 @@ class Finished:
     cached_tokens: int = 0
     stop_sequence: str | None = None
     error: Failure | None = None  # set when ``reason == "error"``
+    drafted_tokens: int = 0  # speculative decoding: tokens drafted, and how many were kept
+    accepted_tokens: int = 0
 
 
 Event = TextChunk | Finished
@@ -134,6 +136,8 @@ def emit_finished(
     completion_tokens: int,
     cached_tokens: int,
     error: Failure | None = None,
+    drafted_tokens: int = 0,
+    accepted_tokens: int = 0,
 ) -> None:
     """How a sequence ends, as every engine reports it: the text still held back
     (``tail``, only when it ended normally), then one ``Finished``."""
@@ -147,6 +151,8 @@ def emit_finished(
             cached_tokens=cached_tokens,
             stop_sequence=text.stop.matched,
             error=error,
+            drafted_tokens=drafted_tokens,
+            accepted_tokens=accepted_tokens,
         )
     )
 

@@ -71,15 +71,17 @@ def encode_event(request_id: int, event: Event) -> list[Any]:
         event.stop_sequence,
         failure.kind.value if failure else None,
         failure.detail if failure else None,
+        event.drafted_tokens,
+        event.accepted_tokens,
     ]
 
 
 def decode_event(item: list[Any]) -> Event:
     if item[0] == TEXT:
         return TextChunk(item[2])
-    _, _, reason, prompt, completion, cached, stop, kind, detail = item
+    _, _, reason, prompt, completion, cached, stop, kind, detail, drafted, accepted = item
     failure = Failure(FailureKind(kind), detail) if kind else None
-    return Finished(reason, prompt, completion, cached, stop, failure)
+    return Finished(reason, prompt, completion, cached, stop, failure, drafted, accepted)
 
 
 def error_of(exc: BaseException) -> dict[str, Any]:

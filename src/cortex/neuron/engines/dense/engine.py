@@ -303,6 +303,13 @@ def create_dense_engine(
             'kv_cache_type (or set "f16"), or serve a GGUF file of the model.',
             param="kv_cache_type",
         )
+    if spec.speculative != "off":
+        raise InvalidRequest(
+            f"speculative '{spec.speculative}' is served by the llama.cpp engine only: the "
+            f"dense engine serving {path.name} decodes one token per step. Remove "
+            "speculative, or serve a GGUF file of the model.",
+            param="speculative",
+        )
     if path.is_file():
         path = path.parent
     cls = TensorParallelDenseEngine if spec.tensor_parallel > 1 else DenseEngine

@@ -46,6 +46,7 @@ from cortex.neuron.engines.base import (
 )
 from cortex.neuron.engines.llamacpp.embed import EmbeddingContext, pooling_of
 from cortex.neuron.engines.llamacpp.host_cache import MIN_SAVED_TOKENS, HostCache, SavedSequence
+from cortex.neuron.engines.prompt_lookup import PromptLookup
 from cortex.neuron.engines.textstream import TextAssembler
 from cortex.neuron.files.estimate import LLAMACPP_UBATCH_TOKENS
 from cortex.spec import ModelSpec
@@ -106,6 +107,10 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     pending_token: int | None = None  # sampled, not yet decoded
     logits_index: int = -1
+    lookup: PromptLookup | None = None  # speculative decoding's drafts, once generating
+    draft: list[int] = field(default_factory=list)  # decoded after the pending token
+    drafted: int = 0  # draft tokens so far, and how many the model agreed with
+    accepted: int = 0
 
     @property
     def prefilling(self) -> bool:
@@ -176,6 +181,9 @@ class LlamaCppEngine:
         self._slots = [_Slot(seq_id=i) for i in range(spec.max_batch)]
         self.step_sequences = 0
         self._prefix_cache = spec.prefix_cache
+        self._speculative = spec.speculative == "ngram"
+        self.drafted_tokens = 0  # speculative decoding's drafts, and how many were right
+        self.accepted_tokens = 0
         self._host = HostCache(spec.kv_host_cache_mb * 2**20) if spec.prefix_cache else None
         self._waiting: deque[GenerationRequest] = deque()
         self._active: list[_Sequence] = []
@@ -266,8 +274,44 @@ class LlamaCppEngine:
         if status != 0:
             raise EngineFault(f"llama_decode failed with status {status}")
         for seq in [s for s in self._active if s.logits_index >= 0]:
-            token = C.llama_sampler_sample(seq.sampler, self._ctx, seq.logits_index)
-            self._accept(seq, token)
+            if seq.draft:
+                self._verify(seq)
+            else:
+                token = C.llama_sampler_sample(seq.sampler, self._ctx, seq.logits_index)
+                self._accept(seq, token)
+
+    def _verify(self, seq: _Sequence) -> None:
+        """Sample after the pending token and after each draft token in turn, keeping
+        drafts while the sampled token equals them.
+
+        Each sampled token comes from the model's distribution given the tokens before
+        it, as without drafts: sampled output keeps its distribution (for a draft that is
+        one token with certainty, sampling and comparing is the standard rejection rule),
+        and greedy output would be the same token for token in exact arithmetic. llama.cpp
+        rounds a batch of several tokens of one sequence differently from one token at a
+        time, though, so a near tie can go the other way (BENCHMARKS.md). The KV of the
+        drafts after the first disagreement is dropped.
+        """
+        draft = seq.draft
+        seq.draft = []
+        start = seq.n_past - len(draft)  # KV count once the pending token is in
+        seq.drafted += len(draft)  # counted first: the sequence may finish in the loop
+        accepted = 0
+        for index in range(len(draft) + 1):
+            token = C.llama_sampler_sample(seq.sampler, self._ctx, seq.logits_index + index)
+            seq.n_past = start + index
+            if not self._accept(seq, token) or index == len(draft) or token != draft[index]:
+                break
+            accepted += 1
+            seq.accepted += 1
+        keep = start + accepted
+        C.llama_memory_seq_rm(self._memory, seq.slot.seq_id, keep, -1)
+        del seq.slot.tokens[keep:]
+        seq.n_past = keep
+        self.drafted_tokens += len(draft)
+        self.accepted_tokens += accepted
+        if seq.lookup is not None:
+            seq.lookup.record(len(draft), accepted)
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._active if s.request.cancelled]:
@@ -421,7 +465,9 @@ class LlamaCppEngine:
             batch.logits[n] = logits
             n += 1
 
-        # Generating sequences first: one token each, so long prompts never stall them.
+        # Generating sequences first: one token each (and its draft), so long prompts
+        # never stall them; drafts take at most half the batch from prompts waiting.
+        draft_budget = _BATCH_TOKENS // 2
         for seq in self._active:
             seq.logits_index = -1
             if not seq.prefilling:
@@ -429,6 +475,12 @@ class LlamaCppEngine:
                 seq.logits_index = n - 1
                 seq.slot.tokens.append(seq.pending_token)
                 seq.n_past += 1
+                seq.draft = self._draft(seq, draft_budget)
+                for token in seq.draft:
+                    add(token, seq.n_past, seq.slot.seq_id, True)
+                    seq.slot.tokens.append(token)
+                    seq.n_past += 1
+                draft_budget -= len(seq.draft)
         budget = _BATCH_TOKENS - n
         for seq in self._active:
             if not seq.prefilling or budget <= 0:
@@ -445,12 +497,29 @@ class LlamaCppEngine:
             budget -= len(chunk)
         batch.n_tokens = n
 
-    def _accept(self, seq: _Sequence, token: int) -> None:
+    def _draft(self, seq: _Sequence, budget: int) -> list[int]:
+        """Tokens to decode after the pending one on speculation: none unless enabled,
+        and never past the request's token budget or the context."""
+        if not self._speculative:
+            return []
+        if seq.lookup is None:
+            seq.lookup = PromptLookup(seq.request.prompt_tokens + seq.generated)
+        room = min(
+            budget,
+            seq.request.max_new_tokens - len(seq.generated) - 1,
+            self._context_length - seq.n_past - 1,
+        )
+        return seq.lookup.draft(room)
+
+    def _accept(self, seq: _Sequence, token: int) -> bool:
+        """One sampled token to the client; False when the sequence ended with it."""
         request = seq.request
         if C.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
-            return
+            return False
         seq.generated.append(token)
+        if seq.lookup is not None:
+            seq.lookup.extend([token])
         end = emit_generated(
             request,
             seq.text,
@@ -461,8 +530,9 @@ class LlamaCppEngine:
         )
         if end is None:
             seq.pending_token = token
-        else:
-            self._finish(seq, end)
+            return True
+        self._finish(seq, end)
+        return False
 
     def _finish(self, seq: _Sequence, reason: FinishReason, error: Failure | None = None) -> None:
         emit_finished(
@@ -473,6 +543,8 @@ class LlamaCppEngine:
             completion_tokens=len(seq.generated),
             cached_tokens=seq.cached,
             error=error,
+            drafted_tokens=seq.drafted,
+            accepted_tokens=seq.accepted,
         )
         C.llama_sampler_free(seq.sampler)
         seq.slot.last_used = time.monotonic()
