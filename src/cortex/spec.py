@@ -51,6 +51,9 @@ class ModelSpec(BaseModel):
     prefix_cache: bool = True  # reuse the KV of a previous request's common prefix
     # Host RAM for the KV of conversations no slot holds now (GGUF models); 0: none.
     kv_host_cache_mb: int = Field(default=512, ge=0)
+    # Prefixes kept on disk under the neuron's kv_cache_dir (none without one), so a
+    # conversation stays cached across an unload, a crash and a restart.
+    kv_disk_cache_mb: int = Field(default=2048, ge=0)
     pinned: bool = False
     priority: int = 50
     nodes: list[str] = Field(default_factory=list)

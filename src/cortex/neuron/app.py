@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from cortex.neuron.auth import RequireToken
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.routes import DEBUG_ROUTES, ROUTES
 from cortex.neuron.runtime import devices
-from cortex.neuron.runtime.manager import ModelManager
+from cortex.neuron.runtime.manager import ModelFiles, ModelManager, launch_engine_process
 from cortex.neuron.settings import NeuronSettings
 from cortex.request_ids import RequestIds
 
@@ -33,6 +34,9 @@ def create_app(settings: NeuronSettings) -> Starlette:
             step_deadline_s=settings.step_deadline_s,
             metrics=metrics,
             cpu_tp_ranks=settings.cpu_tp_ranks,
+            files=ModelFiles(
+                launch=functools.partial(launch_engine_process, kv_disk_dir=settings.kv_cache_dir)
+            ),
         )
         manager.start()
         app.state.settings = settings

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="let tensor_parallel use N CPU ranks over gloo (testing)",
     )
+    serve.add_argument(
+        "--kv-cache-dir",
+        type=Path,
+        default=None,
+        help="keep KV cache prefixes on disk here, across unloads and restarts (default: none)",
+    )
     serve.add_argument("--log-format", choices=["auto", "json", "text"], default="auto")
     return parser
 
@@ -111,6 +117,7 @@ def load_settings(args: argparse.Namespace) -> NeuronSettings:
         "step_deadline_s": args.step_deadline_s,
         "header_timeout_s": args.header_timeout_s,
         "cpu_tp_ranks": args.cpu_tp_ranks,
+        "kv_cache_dir": args.kv_cache_dir,
     }
     fields.update({key: value for key, value in flags.items() if value is not None})
     fields["load"] = [*fields.get("load", []), *args.load]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from cortex.spec import ModelSpec
@@ -21,3 +23,6 @@ class NeuronSettings(BaseModel):
     load: list[ModelSpec] = Field(default_factory=list)
     max_body_mb: int = Field(default=32, ge=1)  # request bodies past this are a 413
     header_timeout_s: float = Field(default=30, gt=0)  # a request's headers, or a 408
+    # Where the KV cache's disk tier keeps prefixes (a folder per model and KV setting);
+    # none: no disk tier.
+    kv_cache_dir: Path | None = None

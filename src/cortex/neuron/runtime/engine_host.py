@@ -259,7 +259,9 @@ def _suffer(kind: str) -> None:
 
 def main(conn: Connection) -> None:
     """The engine process: load what the first message names, then serve until closed."""
-    path, spec, device_id, n_threads, use_extra_buffer_types = wire.decode(conn.recv_bytes())
+    path, spec, device_id, n_threads, use_extra_buffer_types, kv_disk_dir = wire.decode(
+        conn.recv_bytes()
+    )
     die_with_parent(signal.SIGKILL)  # a neuron gone (even by SIGKILL) frees the device
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the neuron, which closes us
     # to the neuron's stderr (inherited), marked as this engine's
@@ -275,6 +277,7 @@ def main(conn: Connection) -> None:
             device_id,
             n_threads,
             use_extra_buffer_types=use_extra_buffer_types,
+            kv_disk_dir=Path(kv_disk_dir) if kv_disk_dir else None,
         )
         _canary(engine)
     except Exception as exc:

@@ -136,6 +136,7 @@ class EngineProcess:
         on_exit: Callable[[EngineExit], None],
         on_step: Callable[[int], None] = lambda sequences: None,
         timeout_s: float = 600,
+        kv_disk_dir: Path | None = None,
     ) -> EngineProcess:
         """Start the engine process and wait for its model to load and pass the canary;
         ``EngineLoadFailed`` (with how the process ended, if it died) when it does not."""
@@ -151,7 +152,14 @@ class EngineProcess:
         parent = Connection(ours.detach())
         parent.send_bytes(
             wire.encode(
-                [str(path), spec.model_dump(), device_id, n_threads, use_extra_buffer_types]
+                [
+                    str(path),
+                    spec.model_dump(),
+                    device_id,
+                    n_threads,
+                    use_extra_buffer_types,
+                    str(kv_disk_dir) if kv_disk_dir else None,
+                ]
             )
         )
         try:

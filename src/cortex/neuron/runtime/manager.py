@@ -181,6 +181,7 @@ async def launch_engine_process(
     use_extra_buffer_types: bool,
     on_exit: Callable[[EngineExit], None],
     on_step: Callable[[int], None],
+    kv_disk_dir: Path | None = None,
 ) -> EngineHandle:
     return await EngineProcess.launch(
         path,
@@ -190,6 +191,7 @@ async def launch_engine_process(
         use_extra_buffer_types=use_extra_buffer_types,
         on_exit=on_exit,
         on_step=on_step,
+        kv_disk_dir=kv_disk_dir,
     )
 
 

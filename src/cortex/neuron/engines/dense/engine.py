@@ -293,6 +293,7 @@ def create_dense_engine(
     n_threads: int,
     *,
     use_extra_buffer_types: bool = True,  # a llama.cpp setting: nothing to choose here
+    kv_disk_dir: Path | None = None,  # the llama.cpp engine's disk tier: none here
 ) -> DenseEngine:
     """The engine factory ``engines.engine_for`` hands out for a checkpoint directory
     (or the one safetensors file of one)."""

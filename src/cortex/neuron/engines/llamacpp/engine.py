@@ -44,6 +44,7 @@ from cortex.neuron.engines.base import (
     emit_finished,
     emit_generated,
 )
+from cortex.neuron.engines.llamacpp.disk_cache import DiskCache, cache_key, file_identity
 from cortex.neuron.engines.llamacpp.embed import EmbeddingContext, pooling_of
 from cortex.neuron.engines.llamacpp.host_cache import MIN_SAVED_TOKENS, HostCache, SavedSequence
 from cortex.neuron.engines.prompt_lookup import PromptLookup
@@ -128,6 +129,7 @@ class LlamaCppEngine:
         n_threads: int,
         *,
         use_extra_buffer_types: bool = False,
+        kv_disk_dir: Path | None = None,
     ) -> None:
         # Extra buffer types default to off, the setting that is safe on every CPU, for
         # whoever builds an engine in their own process (tests, benches); the engine
@@ -185,6 +187,16 @@ class LlamaCppEngine:
         self.drafted_tokens = 0  # speculative decoding's drafts, and how many were right
         self.accepted_tokens = 0
         self._host = HostCache(spec.kv_host_cache_mb * 2**20) if spec.prefix_cache else None
+        self._disk: DiskCache | None = None
+        if spec.prefix_cache and kv_disk_dir is not None and spec.kv_disk_cache_mb > 0:
+            key = cache_key(
+                file_identity(path),
+                context_length=context_length,
+                kv_cache_type=spec.kv_cache_type,
+                flash_attn_type=int(ctx_params.flash_attn_type),  # lays V out differently
+                llama_cpp=C.__version__,  # the state's format is llama.cpp's own
+            )
+            self._disk = DiskCache(kv_disk_dir, key, spec.kv_disk_cache_mb * 2**20)
         self._waiting: deque[GenerationRequest] = deque()
         self._active: list[_Sequence] = []
         self._piece = ctypes.create_string_buffer(256)
@@ -259,6 +271,9 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         self.abort_all(UNLOADED)
+        if self._disk is not None:  # what the slots hold outlives the unload on disk
+            for slot in self._slots:
+                self._save(slot)
         if self._embedder is not None:
             self._embedder.close()
             self._embedder = None
@@ -393,18 +408,36 @@ class LlamaCppEngine:
         if self._host is None:
             return None, 0
         saved, shared = self._host.longest(prompt)
+        if self._disk is not None:
+            entry, on_disk = self._disk.longest(prompt)
+            if entry is not None and on_disk > shared:
+                state = self._disk.read(entry)  # checked: a bad file is dropped, not used
+                if state is not None:
+                    saved, shared = SavedSequence(list(entry.tokens), state), on_disk
+                    self._host.put(saved.tokens, state)
         return saved, min(shared, len(prompt) - 1)
 
     def _save(self, slot: _Slot) -> None:
-        """Copy the slot's KV to host RAM before it is cut, unless it is short or held."""
-        host = self._host
-        if host is None or len(slot.tokens) < MIN_SAVED_TOKENS or host.covers(slot.tokens):
+        """Copy the slot's KV to host RAM and disk before it is cut, unless it is short
+        or already held there. Written through to disk at once (not when host RAM lets
+        it go) so an engine that crashes has lost nothing that was saved."""
+        host, disk = self._host, self._disk
+        if host is None or len(slot.tokens) < MIN_SAVED_TOKENS:
+            return
+        to_host = not host.covers(slot.tokens)
+        to_disk = disk is not None and not disk.covers(slot.tokens)
+        if not (to_host or to_disk):
             return
         size = C.llama_state_seq_get_size(self._ctx, slot.seq_id)
         buffer = (ctypes.c_uint8 * size)()
         written = C.llama_state_seq_get_data(self._ctx, buffer, size, slot.seq_id)
-        if written:
-            host.put(slot.tokens, bytes(buffer)[:written])
+        if not written:
+            return
+        state = bytes(buffer)[:written]
+        if to_host:
+            host.put(slot.tokens, state)
+        if to_disk and disk is not None:
+            disk.put(slot.tokens, state)
 
     def _restore(self, slot: _Slot, saved: SavedSequence) -> bool:
         """Replace what the slot holds with ``saved``; False (slot empty) if refused."""
