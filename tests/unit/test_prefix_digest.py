@@ -110,3 +110,33 @@ def test_an_anthropic_follow_up_shares_its_earlier_turns_once_translated() -> No
     billing = "x-anthropic-billing-header: cc_version=2.1; cch=%s;"
     one, two = translated(first, billing % "a1"), translated(later, billing % "b2")
     assert len(one) == 3 and two[:3] == one
+
+
+def test_claude_codes_mid_conversation_system_message_keeps_its_place() -> None:
+    """What Claude Code 2.1.332 sent on three consecutive turns (captured, ``-p`` then
+    ``--continue``): its 9 kB environment block is a ``system`` message after the first
+    user turn, sent as blocks with a cache mark on the first turn and as a plain string
+    on later ones. Hoisted into the system prompt either way, it never breaks the chain.
+    Nothing else changed between the turns but the turns added."""
+
+    def translated(messages: list[dict[str, Any]]) -> list[str]:
+        body = {"model": "claude-x", "max_tokens": 100, "system": "Be an agent.",
+                "messages": messages}  # fmt: skip
+        return prefix_chain(to_chat_request(parse_model(an.MessagesRequest, body)))
+
+    reminder = {"type": "text", "text": "<system-reminder>gitStatus: clean</system-reminder>"}
+    opening = {"role": "user", "content": [reminder, {"type": "text", "text": "Say hello."}]}
+    environment = "# Environment\nPrimary working directory: /home/me/project"
+    mark = {"cache_control": {"type": "ephemeral"}}
+    first = [
+        opening,
+        {"role": "system", "content": [{"type": "text", "text": environment, **mark}]},
+    ]
+    second = [
+        opening,
+        {"role": "system", "content": environment},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello there."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Say it again.", **mark}]},
+    ]
+    one, two = translated(first), translated(second)
+    assert two[: len(one)] == one and len(two) > len(one)
