@@ -102,6 +102,38 @@ def test_more_conversations_than_slots_stay_cached(node: Neuron) -> None:
     assert cached_tokens / prompt_tokens >= 0.9, (cached_tokens, prompt_tokens)
 
 
+def test_a_request_copies_its_prefix_from_a_running_sequence(node: Neuron) -> None:
+    """A sub-agent's request shares the main loop's long system prompt while the main
+    loop is still generating: its prefix is copied from the running sequence's slot,
+    not prefilled again, and it answers as a cold prefill does."""
+    system = {
+        "role": "system",
+        "content": "You are a lighthouse keeper's assistant. "
+        + " ".join(f"Rule {i}: keep the lamp lit and log the ships." for i in range(25)),
+    }
+    client = openai.OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0)
+    main_loop = client.chat.completions.create(
+        model="cached",
+        messages=[system, {"role": "user", "content": "Write a long story about the sea."}],
+        max_tokens=400,
+        stream=True,
+    )
+    try:
+        next(iter(main_loop))  # generating: its slot holds the system prompt
+        sub_agent = [system, {"role": "user", "content": "Name one ship."}]
+        answer = client.chat.completions.create(
+            model="cached", messages=sub_agent, temperature=0, max_tokens=8
+        )
+        fresh = client.chat.completions.create(
+            model="uncached", messages=sub_agent, temperature=0, max_tokens=8
+        )
+    finally:
+        main_loop.close()
+    system_tokens = fresh.usage.prompt_tokens - 20  # the user turn and template: < 20
+    assert answer.usage.prompt_tokens_details.cached_tokens >= system_tokens
+    assert answer.choices[0].message.content == fresh.choices[0].message.content
+
+
 def test_full_queue_answers_429_with_retry_after(node: Neuron) -> None:
     body = {
         "model": "tiny-queue",

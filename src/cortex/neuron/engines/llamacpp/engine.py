@@ -46,7 +46,12 @@ from cortex.neuron.engines.base import (
 )
 from cortex.neuron.engines.llamacpp.disk_cache import DiskCache, cache_key, file_identity
 from cortex.neuron.engines.llamacpp.embed import EmbeddingContext, pooling_of
-from cortex.neuron.engines.llamacpp.host_cache import MIN_SAVED_TOKENS, HostCache, SavedSequence
+from cortex.neuron.engines.llamacpp.host_cache import (
+    MIN_SAVED_TOKENS,
+    HostCache,
+    SavedSequence,
+    shared_prefix,
+)
 from cortex.neuron.engines.prompt_lookup import PromptLookup
 from cortex.neuron.engines.textstream import TextAssembler
 from cortex.neuron.files.estimate import LLAMACPP_UBATCH_TOKENS
@@ -357,7 +362,14 @@ class LlamaCppEngine:
                 continue
             slot, reuse = self._best_slot(free, request.prompt_tokens)
             saved, saved_shared = self._saved_for(request.prompt_tokens)
-            if saved is not None and saved_shared > reuse:
+            donor, donor_shared = self._running_prefix(busy, request.prompt_tokens)
+            if donor is not None and donor_shared > max(reuse, saved_shared):
+                # A running sequence holds the longest prefix (a sub-agent sharing the main
+                # loop's system prompt and tools): copy its KV rather than prefill it again.
+                slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
+                self._save(slot)
+                reuse = donor_shared if self._copy_slot(donor, slot) else 0
+            elif saved is not None and saved_shared > reuse:
                 # Host RAM holds more of this prompt than any free slot: put it back.
                 slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
                 self._save(slot)
@@ -417,6 +429,43 @@ class LlamaCppEngine:
                     self._host.put(saved.tokens, state)
         return saved, min(shared, len(prompt) - 1)
 
+    def _running_prefix(self, busy: set[int], prompt: list[int]) -> tuple[_Slot | None, int]:
+        """The busy slot sharing the longest useful prefix with ``prompt``, and how much
+        of it can be used (at least one prompt token is always decoded again)."""
+        if not self._prefix_cache:
+            return None, 0
+        best, best_shared = None, 0
+        for slot in self._slots:
+            if slot.seq_id in busy:
+                shared = shared_prefix(slot.tokens, prompt)
+                if shared >= MIN_SAVED_TOKENS and shared > best_shared:
+                    best, best_shared = slot, shared
+        return best, min(best_shared, len(prompt) - 1)
+
+    def _copy_slot(self, source: _Slot, target: _Slot) -> bool:
+        """Make ``target`` hold what ``source`` holds; False (target empty) if refused.
+
+        Through the state API rather than ``llama_memory_seq_cp``: with one KV stream per
+        slot, a copy across streams is deferred to the next decode and always copies the
+        whole stream, while getting and setting the state is immediate and copies only
+        the cells in use."""
+        state = self._state_of(source)
+        C.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
+        target.tokens = []
+        if state is None:
+            return False
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if not C.llama_state_seq_set_data(self._ctx, buffer, len(state), target.seq_id):
+            return False
+        target.tokens = list(source.tokens)
+        return True
+
+    def _state_of(self, slot: _Slot) -> bytes | None:
+        size = C.llama_state_seq_get_size(self._ctx, slot.seq_id)
+        buffer = (ctypes.c_uint8 * size)()
+        written = C.llama_state_seq_get_data(self._ctx, buffer, size, slot.seq_id)
+        return bytes(buffer)[:written] if written else None
+
     def _save(self, slot: _Slot) -> None:
         """Copy the slot's KV to host RAM and disk before it is cut, unless it is short
         or already held there. Written through to disk at once (not when host RAM lets
@@ -428,12 +477,9 @@ class LlamaCppEngine:
         to_disk = disk is not None and not disk.covers(slot.tokens)
         if not (to_host or to_disk):
             return
-        size = C.llama_state_seq_get_size(self._ctx, slot.seq_id)
-        buffer = (ctypes.c_uint8 * size)()
-        written = C.llama_state_seq_get_data(self._ctx, buffer, size, slot.seq_id)
-        if not written:
+        state = self._state_of(slot)
+        if state is None:
             return
-        state = bytes(buffer)[:written]
         if to_host:
             host.put(slot.tokens, state)
         if to_disk and disk is not None:
