@@ -73,3 +73,30 @@ def test_a_conversation_stays_cached_across_a_reload_and_a_restart(tmp_path: Pat
         assert third.usage.prompt_tokens_details.cached_tokens >= second.usage.prompt_tokens
     finally:
         node.stop()
+
+
+def test_the_nodes_host_budget_reaches_the_engines(tmp_path: Path) -> None:
+    """``--kv-host-cache-mb`` is shared out among models, and an engine given nothing
+    keeps no host tier: a conversation whose slot another took starts cold."""
+    node = Neuron(tmp_path, "host-budget", extra=["--kv-host-cache-mb", "300"])
+    try:
+        load(node, id="first", max_batch=1, kv_host_cache_mb=300)
+        load(node, id="second", max_batch=1)  # the budget is spent: no host tier
+        assert node.model("first")["kv_host_cache_mb"] == 300
+        assert node.model("second")["kv_host_cache_mb"] == 0
+
+        def conversation(topic: str) -> list[dict]:
+            return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": topic}]
+
+        cached = {}
+        for model in ("first", "second"):
+            danube, rhine = conversation("The Danube?"), conversation("The Rhine?")
+            ask(node, danube, model)
+            ask(node, rhine, model)  # takes the one slot: the Danube's KV leaves it
+            again = ask(node, [*danube, {"role": "assistant", "content": "It is long."},
+                               {"role": "user", "content": "Where does it end?"}], model)  # fmt: skip
+            cached[model] = again.usage.prompt_tokens_details.cached_tokens
+        # the shared system prompt is in the slot either way; only the host tier has more
+        assert cached["first"] > cached["second"], cached
+    finally:
+        node.stop()

@@ -425,6 +425,7 @@ class FakeFiles:
     crash_with_extra_buffer_types: bool = False
     engines: list[FakeEngineHandle] = field(default_factory=list)  # launched, in order
     launches: list[bool] = field(default_factory=list)  # use_extra_buffer_types, per call
+    host_grants: list[int | None] = field(default_factory=list)  # kv_host_cache_mb, per call
     waiting: int = 0  # launches held at the gate now
     _failures: deque[BaseException] = field(default_factory=deque)
     _gate: asyncio.Event = field(default_factory=asyncio.Event)
@@ -496,8 +497,10 @@ class FakeFiles:
         use_extra_buffer_types: bool,
         on_exit: Callable[[EngineExit], None],
         on_step: Callable[[int], None],
+        kv_host_cache_mb: int | None = None,
     ) -> FakeEngineHandle:
         self.launches.append(use_extra_buffer_types)
+        self.host_grants.append(kv_host_cache_mb)
         self.waiting += 1
         try:
             await asyncio.wait_for(self._gate.wait(), GATE_TIMEOUT_S)
@@ -526,6 +529,7 @@ async def running_manager(
     budget_mb: int | None = None,
     step_deadline_s: float = 1.0,
     watch_period_s: float = 0.01,
+    kv_host_cache_mb: int | None = None,
 ) -> AsyncIterator[ModelManager]:
     """A started manager over one fake CPU device; closed (every gate opened, every
     engine ended) on exit."""
@@ -535,6 +539,7 @@ async def running_manager(
         step_deadline_s=step_deadline_s,
         files=files.model_files(),
         watch_period_s=watch_period_s,
+        kv_host_cache_mb=kv_host_cache_mb,
     )
     manager.start()
     try:

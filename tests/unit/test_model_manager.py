@@ -129,6 +129,24 @@ async def test_status_names_the_engine_process(files: FakeFiles) -> None:
         assert (status.restarts, status.last_fault, status.fallback) == (0, None, None)
 
 
+async def test_the_nodes_host_cache_budget_is_shared_out_and_given_back(
+    files: FakeFiles,
+) -> None:
+    async with running_manager(files, kv_host_cache_mb=1000) as manager:
+        await manager.load(spec_of("a", kv_host_cache_mb=600))
+        await manager.load(spec_of("b", kv_host_cache_mb=600))  # what is left: 400
+        await manager.load(spec_of("c"))  # nothing left
+        await manager.load(spec_of("d", prefix_cache=False))
+        assert files.host_grants == [600, 400, 0, 0]
+        assert [m.status().kv_host_cache_mb for m in manager.models()] == [600, 400, 0, 0]
+        await manager.unload("a")
+        await manager.load(spec_of("e", kv_host_cache_mb=900))
+        assert files.host_grants[-1] == 600
+    async with running_manager(files) as manager:  # no node budget: each spec's own
+        await manager.load(spec_of("f", kv_host_cache_mb=70))
+        assert files.host_grants[-1] is None
+
+
 async def test_load_is_idempotent_for_the_same_spec(files: FakeFiles) -> None:
     async with running_manager(files) as manager:
         first = await manager.load(spec_of("m"))

@@ -23,6 +23,14 @@ from cortex.request_ids import RequestIds
 log = logging.getLogger("cortex.neuron")
 
 
+def host_cache_budget_mb(settings: NeuronSettings) -> int:
+    """The node's host-RAM budget for KV host tiers: as set, else a tenth of the RAM
+    available now (the rest is for models on a CPU node, and for everything else)."""
+    if settings.kv_host_cache_mb is not None:
+        return settings.kv_host_cache_mb
+    return devices.host_memory().free_mb // 10
+
+
 def create_app(settings: NeuronSettings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -34,6 +42,7 @@ def create_app(settings: NeuronSettings) -> Starlette:
             step_deadline_s=settings.step_deadline_s,
             metrics=metrics,
             cpu_tp_ranks=settings.cpu_tp_ranks,
+            kv_host_cache_mb=host_cache_budget_mb(settings),
             files=ModelFiles(
                 launch=functools.partial(launch_engine_process, kv_disk_dir=settings.kv_cache_dir)
             ),

@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="keep KV cache prefixes on disk here, across unloads and restarts (default: none)",
     )
+    serve.add_argument(
+        "--kv-host-cache-mb",
+        type=int,
+        default=None,
+        help="host RAM for all models' KV host tiers together (default: a tenth of the "
+        "RAM available at start)",
+    )
     serve.add_argument("--log-format", choices=["auto", "json", "text"], default="auto")
     return parser
 
@@ -118,6 +125,7 @@ def load_settings(args: argparse.Namespace) -> NeuronSettings:
         "header_timeout_s": args.header_timeout_s,
         "cpu_tp_ranks": args.cpu_tp_ranks,
         "kv_cache_dir": args.kv_cache_dir,
+        "kv_host_cache_mb": args.kv_host_cache_mb,
     }
     fields.update({key: value for key, value in flags.items() if value is not None})
     fields["load"] = [*fields.get("load", []), *args.load]

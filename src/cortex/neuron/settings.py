@@ -26,3 +26,7 @@ class NeuronSettings(BaseModel):
     # Where the KV cache's disk tier keeps prefixes (a folder per model and KV setting);
     # none: no disk tier.
     kv_cache_dir: Path | None = None
+    # Host RAM all models' KV host tiers may use together, shared out first come, first
+    # served, each model at most its spec's kv_host_cache_mb; none: a tenth of the RAM
+    # available when the neuron starts.
+    kv_host_cache_mb: int | None = Field(default=None, ge=0)

@@ -100,6 +100,8 @@ class ModelStatus(_Wire):
     # lately, least recent first: where a conversation's prefix is likely cached, for
     # the gateway's routing. Bounded; empty from a neuron older than contract 1.1.
     prefix_digest: list[str] = Field(default_factory=list)
+    # Host RAM this model's KV host tier may use, granted out of the node's budget.
+    kv_host_cache_mb: int | None = None
 
     @field_validator("spec", mode="before")
     @classmethod

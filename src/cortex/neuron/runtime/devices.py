@@ -76,6 +76,11 @@ def discover() -> list[Device]:
     return devices
 
 
+def host_memory() -> MemoryReading:
+    """The host's RAM, total and available now."""
+    return _meminfo()
+
+
 def read_memory(device: Device) -> MemoryReading:
     if device.id == "cpu":
         return _meminfo()

@@ -259,7 +259,7 @@ def _suffer(kind: str) -> None:
 
 def main(conn: Connection) -> None:
     """The engine process: load what the first message names, then serve until closed."""
-    path, spec, device_id, n_threads, use_extra_buffer_types, kv_disk_dir = wire.decode(
+    path, spec, device_id, n_threads, use_extra_buffer_types, kv_disk_dir, host_mb = wire.decode(
         conn.recv_bytes()
     )
     die_with_parent(signal.SIGKILL)  # a neuron gone (even by SIGKILL) frees the device
@@ -278,6 +278,7 @@ def main(conn: Connection) -> None:
             n_threads,
             use_extra_buffer_types=use_extra_buffer_types,
             kv_disk_dir=Path(kv_disk_dir) if kv_disk_dir else None,
+            kv_host_cache_mb=host_mb,
         )
         _canary(engine)
     except Exception as exc:

@@ -137,6 +137,7 @@ class EngineProcess:
         on_step: Callable[[int], None] = lambda sequences: None,
         timeout_s: float = 600,
         kv_disk_dir: Path | None = None,
+        kv_host_cache_mb: int | None = None,
     ) -> EngineProcess:
         """Start the engine process and wait for its model to load and pass the canary;
         ``EngineLoadFailed`` (with how the process ended, if it died) when it does not."""
@@ -159,6 +160,7 @@ class EngineProcess:
                     n_threads,
                     use_extra_buffer_types,
                     str(kv_disk_dir) if kv_disk_dir else None,
+                    kv_host_cache_mb,
                 ]
             )
         )

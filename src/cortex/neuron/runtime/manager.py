@@ -99,6 +99,9 @@ class LoadedModel:
     restarts: int = 0
     last_fault: EngineExit | None = None
     file_sampling: SamplingDefaults = field(default_factory=SamplingDefaults)  # the file's own
+    # Host RAM granted to the engine's KV host tier out of the node's budget (None: no
+    # node budget, the spec's own figure).
+    kv_host_cache_mb: int | None = None
     # Prompts admitted lately, as chain hashes: what the gateway routes follow-ups by.
     prefixes: PrefixSet = field(default_factory=lambda: PrefixSet(PREFIX_DIGEST_HASHES))
 
@@ -123,6 +126,7 @@ class LoadedModel:
             spec=self.spec,
             devices=[self.device.id],
             memory_mb=self.memory_mb,
+            kv_host_cache_mb=self.kv_host_cache_mb,
             context_length=self.engine.info.context_length if self.engine else None,
             in_flight=min(self.in_flight, max_batch),
             queued=max(0, self.in_flight - max_batch),
@@ -182,6 +186,7 @@ async def launch_engine_process(
     on_exit: Callable[[EngineExit], None],
     on_step: Callable[[int], None],
     kv_disk_dir: Path | None = None,
+    kv_host_cache_mb: int | None = None,
 ) -> EngineHandle:
     return await EngineProcess.launch(
         path,
@@ -192,6 +197,7 @@ async def launch_engine_process(
         on_exit=on_exit,
         on_step=on_step,
         kv_disk_dir=kv_disk_dir,
+        kv_host_cache_mb=kv_host_cache_mb,
     )
 
 
@@ -221,8 +227,10 @@ class ModelManager:
         cpu_tp_ranks: int = 1,
         files: ModelFiles | None = None,
         watch_period_s: float = 0.25,
+        kv_host_cache_mb: int | None = None,
     ) -> None:
         self._files = files or ModelFiles()
+        self._host_cache_mb = kv_host_cache_mb  # the node's host-RAM budget for KV tiers
         self._devices = list(devices)
         self._cpu_tp_ranks = cpu_tp_ranks  # ranks tensor_parallel may use on a GPU-less node
         self._budget_mb = memory_budget_mb
@@ -304,6 +312,7 @@ class ModelManager:
                 metrics=self._metrics,
                 use_extra_buffer_types=spec.extra_buffer_types is not False,
                 file_sampling=file_sampling,
+                kv_host_cache_mb=self._host_grant(spec),
             )
             self._models[spec.id] = model  # counted against the budget while it loads
             started = time.perf_counter()
@@ -401,6 +410,7 @@ class ModelManager:
             use_extra_buffer_types=model.use_extra_buffer_types,
             on_exit=on_exit,
             on_step=on_step,
+            kv_host_cache_mb=model.kv_host_cache_mb,
         )
         holder.append(engine)
         return engine
@@ -513,6 +523,18 @@ class ModelManager:
             for m in self._models.values()
             if m.device.id == device.id and m.id != exclude
         )
+
+    def _host_grant(self, spec: ModelSpec) -> int | None:
+        """The host RAM a new model's KV host tier may use: what its spec asks for, as
+        far as the node's budget has room beside the models already loaded. First come,
+        first served: a grant is not taken back from a running engine; it is returned
+        when its model unloads."""
+        if self._host_cache_mb is None:
+            return None
+        if not spec.prefix_cache:
+            return 0
+        granted = sum(m.kv_host_cache_mb or 0 for m in self._models.values())
+        return max(0, min(spec.kv_host_cache_mb, self._host_cache_mb - granted))
 
     def _check_fits(self, device: Device, need_mb: int, spec: ModelSpec) -> None:
         if self._budget_mb is None:

@@ -293,7 +293,8 @@ def create_dense_engine(
     n_threads: int,
     *,
     use_extra_buffer_types: bool = True,  # a llama.cpp setting: nothing to choose here
-    kv_disk_dir: Path | None = None,  # the llama.cpp engine's disk tier: none here
+    kv_disk_dir: Path | None = None,  # the llama.cpp engine's cache tiers: none here
+    kv_host_cache_mb: int | None = None,
 ) -> DenseEngine:
     """The engine factory ``engines.engine_for`` hands out for a checkpoint directory
     (or the one safetensors file of one)."""

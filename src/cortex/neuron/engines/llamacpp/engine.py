@@ -135,6 +135,7 @@ class LlamaCppEngine:
         *,
         use_extra_buffer_types: bool = False,
         kv_disk_dir: Path | None = None,
+        kv_host_cache_mb: int | None = None,
     ) -> None:
         # Extra buffer types default to off, the setting that is safe on every CPU, for
         # whoever builds an engine in their own process (tests, benches); the engine
@@ -191,7 +192,10 @@ class LlamaCppEngine:
         self._speculative = spec.speculative == "ngram"
         self.drafted_tokens = 0  # speculative decoding's drafts, and how many were right
         self.accepted_tokens = 0
-        self._host = HostCache(spec.kv_host_cache_mb * 2**20) if spec.prefix_cache else None
+        # The neuron grants each model a share of its node-wide host budget; a spec's own
+        # figure is used where no neuron is in charge (tests, benches).
+        host_mb = spec.kv_host_cache_mb if kv_host_cache_mb is None else kv_host_cache_mb
+        self._host = HostCache(host_mb * 2**20) if spec.prefix_cache else None
         self._disk: DiskCache | None = None
         if spec.prefix_cache and kv_disk_dir is not None and spec.kv_disk_cache_mb > 0:
             key = cache_key(
