@@ -93,8 +93,11 @@ def test_the_nodes_host_budget_reaches_the_engines(tmp_path: Path) -> None:
             danube, rhine = conversation("The Danube?"), conversation("The Rhine?")
             ask(node, danube, model)
             ask(node, rhine, model)  # takes the one slot: the Danube's KV leaves it
-            again = ask(node, [*danube, {"role": "assistant", "content": "It is long."},
-                               {"role": "user", "content": "Where does it end?"}], model)  # fmt: skip
+            danube += [
+                {"role": "assistant", "content": "It is long."},
+                {"role": "user", "content": "Where does it end?"},
+            ]
+            again = ask(node, danube, model)
             cached[model] = again.usage.prompt_tokens_details.cached_tokens
         # the shared system prompt is in the slot either way; only the host tier has more
         assert cached["first"] > cached["second"], cached
