@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cortex.neuron.engines.llamacpp.host_cache import MIN_SAVED_TOKENS, shared_prefix
+from cortex.neuron.engines.llamacpp.host_cache import MIN_SAVED_TOKENS, is_prefix, longest_entry
 
 log = logging.getLogger("cortex.neuron.engines.llamacpp.disk_cache")
 
@@ -93,19 +93,11 @@ class DiskCache:
 
     def longest(self, prompt: list[int]) -> tuple[DiskEntry | None, int]:
         """The entry sharing the longest prefix with ``prompt``, and how long it is."""
-        best: DiskEntry | None = None
-        best_shared = 0
-        for entry in self._entries:
-            shared = shared_prefix(entry.tokens, prompt)
-            if shared > best_shared:
-                best, best_shared = entry, shared
-        return best, best_shared
+        return longest_entry(self._entries, prompt)
 
     def covers(self, tokens: list[int]) -> bool:
-        return any(
-            len(e.tokens) >= len(tokens) and shared_prefix(e.tokens, tokens) == len(tokens)
-            for e in self._entries
-        )
+        """Whether an entry already holds all of ``tokens`` (as its prefix or whole)."""
+        return any(is_prefix(tokens, entry.tokens) for entry in self._entries)
 
     def put(self, tokens: list[int], state: bytes) -> bool:
         """Write ``state`` for ``tokens``; entries it extends are removed. False when it
@@ -133,10 +125,7 @@ class DiskCache:
             partial.unlink(missing_ok=True)
             return False
         for entry in list(self._entries):
-            if entry.path == path or (
-                len(entry.tokens) <= len(tokens)
-                and shared_prefix(entry.tokens, tokens) == len(entry.tokens)
-            ):
+            if entry.path == path or is_prefix(entry.tokens, tokens):
                 self._remove(entry, keep_file=entry.path == path)
         size = path.stat().st_size
         self._entries.append(DiskEntry(list(tokens), path, size, time.time()))

@@ -24,7 +24,9 @@ list comparisons), not token by token in Python.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 # Saving a sequence costs a copy of its KV; below this many tokens prefilling them
 # again is as cheap, so shorter sequences are not kept.
@@ -52,6 +54,29 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
     return low
 
 
+class _Saved(Protocol):
+    tokens: list[int]
+
+
+Entry = TypeVar("Entry", bound=_Saved)
+
+
+def longest_entry(entries: Sequence[Entry], prompt: list[int]) -> tuple[Entry | None, int]:
+    """The entry sharing the longest prefix with ``prompt``, and how long it is."""
+    best: Entry | None = None
+    best_shared = 0
+    for entry in entries:
+        shared = shared_prefix(entry.tokens, prompt)
+        if shared > best_shared:
+            best, best_shared = entry, shared
+    return best, best_shared
+
+
+def is_prefix(head: list[int], tokens: list[int]) -> bool:
+    """Whether ``tokens`` starts with all of ``head``."""
+    return len(head) <= len(tokens) and shared_prefix(head, tokens) == len(head)
+
+
 class HostCache:
     """Saved sequences within ``budget_bytes``, least recently used evicted first."""
 
@@ -65,20 +90,11 @@ class HostCache:
 
     def longest(self, prompt: list[int]) -> tuple[SavedSequence | None, int]:
         """The entry sharing the longest prefix with ``prompt``, and how long it is."""
-        best: SavedSequence | None = None
-        best_shared = 0
-        for entry in self._entries:
-            shared = shared_prefix(entry.tokens, prompt)
-            if shared > best_shared:
-                best, best_shared = entry, shared
-        return best, best_shared
+        return longest_entry(self._entries, prompt)
 
     def covers(self, tokens: list[int]) -> bool:
         """Whether an entry already holds all of ``tokens`` (as its prefix or whole)."""
-        return any(
-            len(entry.tokens) >= len(tokens) and shared_prefix(entry.tokens, tokens) == len(tokens)
-            for entry in self._entries
-        )
+        return any(is_prefix(tokens, entry.tokens) for entry in self._entries)
 
     def put(self, tokens: list[int], state: bytes) -> bool:
         """Keep ``state`` for ``tokens``; entries it extends are dropped. False when it
@@ -86,9 +102,7 @@ class HostCache:
         if len(state) > self.budget_bytes or len(tokens) < MIN_SAVED_TOKENS:
             return False
         for entry in list(self._entries):
-            if len(entry.tokens) <= len(tokens) and shared_prefix(entry.tokens, tokens) == len(
-                entry.tokens
-            ):
+            if is_prefix(entry.tokens, tokens):
                 self._remove(entry)  # the new entry holds all of it and more
         self._entries.append(SavedSequence(list(tokens), state))
         self.used_bytes += len(state)
