@@ -16,16 +16,20 @@ from cortex.protocol.errors import (
     error_headers,
     openai_error_body,
 )
+from cortex.protocol.ollama import ollama_error_body
 
 Handler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
 
 ANTHROPIC_PATH = "/v1/messages"  # and /v1/messages/count_tokens
+OLLAMA_PATH = "/api/"  # Ollama's API: /api/chat, /api/tags, ...
 
 
 def error_body(request: Request, error: CortexError) -> dict:
     """The envelope of the dialect the route speaks."""
     if request.url.path.startswith(ANTHROPIC_PATH):
         return anthropic_error_body(error)
+    if request.url.path.startswith(OLLAMA_PATH):
+        return ollama_error_body(error)
     return openai_error_body(error)
 
 

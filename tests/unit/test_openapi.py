@@ -26,6 +26,18 @@ from cortex.gateway.app import ROUTES
 from cortex.gateway.openapi import openapi_document, openapi_json
 from cortex.protocol.errors import anthropic_error_body, anthropic_status, openai_error_body
 
+OLLAMA_ROUTES = [
+    "chat",
+    "generate",
+    "embed",
+    "embeddings",
+    "tags",
+    "ps",
+    "show",
+    "pull",
+    "delete",
+    "version",
+]
 # ROUTES left out of the document, each with its reason. Any other route must be in it.
 UNDOCUMENTED = {
     "/": "a liveness probe for Claude Code (HEAD /); /health is the documented one",
@@ -33,6 +45,9 @@ UNDOCUMENTED = {
     "/fleet/stats": "the /ui charts' data, shaped for its script; no wire type",
     "/ui": "the dashboard page (HTML)",
     "/ui/{asset}": "the dashboard's script and stylesheet",
+    # Ollama's API: its clients follow Ollama's own reference, not an OpenAPI document;
+    # docs/ollama.md says what cortex serves of it and how it differs.
+    **{f"/api/{name}": "Ollama's API (docs/ollama.md)" for name in OLLAMA_ROUTES},
 }
 METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "trace"}
 

@@ -11,7 +11,7 @@ import pytest
 
 from anthropic_sdk import final_message
 from cortex.errors import UpstreamError
-from cortex.gateway.renderers import AnthropicRenderer, OpenAIRenderer
+from cortex.gateway.renderers import AnthropicRenderer, OllamaRenderer, OpenAIRenderer
 from cortex.protocol.sse import DONE, data_frame, data_of, events, report_frame
 
 CHUNKS = [
@@ -92,3 +92,30 @@ def test_an_error_before_the_upstream_answered() -> None:
     body = AnthropicRenderer("claude-test", []).error(UpstreamError("no node"))
     assert body.startswith(b"event: error\ndata: ") and b"no node" in body
     assert OpenAIRenderer().error(UpstreamError("no node")).startswith(b'data: {"error"')
+
+
+def test_ollama_renders_ndjson_lines_the_client_joins() -> None:
+    renderer = OllamaRenderer("small", "chat", think=None)
+    assert renderer.media_type == "application/x-ndjson"
+    renderer.start(7)
+    body = b"".join(renderer.event(event) for event in STREAM)
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert "".join(line["message"]["content"] for line in lines) == "Hello there"
+    assert [line["done"] for line in lines] == [False, False, True]
+    assert lines[-1]["prompt_eval_count"] == 7 and lines[-1]["eval_count"] == 2
+
+
+def test_ollama_waits_with_an_empty_chunk_and_ends_with_an_error_line() -> None:
+    renderer = OllamaRenderer("small", "generate", think=None)
+    waiting = json.loads(renderer.waiting("m"))
+    assert waiting["response"] == "" and waiting["done"] is False
+    assert json.loads(renderer.error(UpstreamError("no node"))) == {"error": "no node"}
+    renderer.start(1)
+    failed = renderer.event(data_frame(b'{"error": {"message": "boom", "type": "api_error"}}'))
+    assert json.loads(failed) == {"error": "boom"}
+
+
+def test_server_sent_event_renderers_wait_with_a_comment() -> None:
+    for renderer in (OpenAIRenderer(), AnthropicRenderer("claude-test", [])):
+        assert renderer.media_type == "text/event-stream"
+        assert data_of(renderer.waiting("m")) is None

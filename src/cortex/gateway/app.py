@@ -29,7 +29,7 @@ from cortex.gateway.neuron_client import ClientFactory, HttpNeuronClient
 from cortex.gateway.poller import Poller
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.recording import RequestRecorder
-from cortex.gateway.routes import admin, anthropic, openai, ui
+from cortex.gateway.routes import admin, anthropic, ollama, openai, ui
 from cortex.gateway.scheduler import Scheduler
 from cortex.gateway.state import GatewayState
 from cortex.gateway.stats import RecentRequests
@@ -44,6 +44,17 @@ ROUTES = [
     Route("/v1/messages", anthropic.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
     Route("/v1/models", openai.list_models, methods=["GET"]),
+    # Ollama's API (docs/ollama.md)
+    Route("/api/chat", ollama.chat, methods=["POST"]),
+    Route("/api/generate", ollama.generate, methods=["POST"]),
+    Route("/api/embed", ollama.embed, methods=["POST"]),
+    Route("/api/embeddings", ollama.embeddings, methods=["POST"]),
+    Route("/api/tags", ollama.tags, methods=["GET"]),
+    Route("/api/ps", ollama.running, methods=["GET"]),
+    Route("/api/show", ollama.show, methods=["POST"]),
+    Route("/api/pull", ollama.pull, methods=["POST"]),
+    Route("/api/delete", ollama.delete, methods=["DELETE"]),
+    Route("/api/version", ollama.version, methods=["GET"]),
     Route("/", admin.root, methods=["GET", "HEAD"]),
     Route("/health", admin.health, methods=["GET"]),
     Route("/ready", admin.ready, methods=["GET"]),

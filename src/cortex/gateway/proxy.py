@@ -272,21 +272,21 @@ class Proxy:
             raise
         if opening.done():
             return self._response(opening.result(), renderer)
-        return _LoadingStream(opening, self._after_load(opening, request.model_id, renderer))
+        loading = self._after_load(opening, request.model_id, renderer)
+        return _LoadingStream(opening, loading, renderer.media_type)
 
     def _response(self, upstream: Upstream, renderer: Renderer) -> StreamingResponse:
         return StreamingResponse(
             self._relay(upstream, renderer),
-            media_type="text/event-stream",
+            media_type=renderer.media_type,
             headers={**SSE_HEADERS, "x-cortex-node": upstream.node.name},
         )
 
     async def _after_load(
         self, opening: asyncio.Future[Upstream], model_id: str, renderer: Renderer
     ) -> AsyncIterator[bytes]:
-        comment = f": loading {model_id}\n\n".encode()
         while not opening.done():
-            yield comment
+            yield renderer.waiting(model_id)
             await asyncio.wait({opening}, timeout=self._keepalive_s)
         try:
             upstream = opening.result()
@@ -354,8 +354,10 @@ class _LoadingStream(StreamingResponse):
     """A streaming response that owns the pending open: however the response ends
     (sent, client gone before the first byte), the request it opened is released."""
 
-    def __init__(self, opening: asyncio.Future[Upstream], content: AsyncIterator[bytes]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
+    def __init__(
+        self, opening: asyncio.Future[Upstream], content: AsyncIterator[bytes], media_type: str
+    ) -> None:
+        super().__init__(content, media_type=media_type, headers=SSE_HEADERS)
         self._opening = opening
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -1,6 +1,7 @@
 """What the gateway measures about each API request, and where it goes.
 
-A pure ASGI middleware opens a ``RequestRecord`` for every ``POST /v1/...``:
+A pure ASGI middleware opens a ``RequestRecord`` for every ``POST /v1/...`` and
+every Ollama generation or embedding (``OLLAMA_RECORDED``):
 it takes the client's ``x-request-id`` or makes one, and returns it. Routes and
 the proxy fill the record in through a context variable (model, node, when the
 request went upstream and when the answer came back, the neuron's report of
@@ -23,7 +24,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cortex.error_handlers import ANTHROPIC_PATH
+from cortex.error_handlers import ANTHROPIC_PATH, OLLAMA_PATH
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.stats import RecentRequests, RequestSample
 from cortex.request_ids import REQUEST_ID_HEADER, request_id_of
@@ -31,6 +32,9 @@ from cortex.request_ids import REQUEST_ID_HEADER, request_id_of
 log = logging.getLogger("cortex.gateway.requests")
 
 OVERHEAD_HEADER = "x-cortex-overhead-ms"
+# Ollama's routes that a neuron answers; the rest (/api/tags, /api/pull...) are not requests
+# of a model in the metrics' sense.
+OLLAMA_RECORDED = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
 _NONE = "-"  # label value before a model or node is known (unknown model, bad request)
 
 
@@ -95,6 +99,12 @@ def forwarded_headers() -> dict[str, str]:
     return {REQUEST_ID_HEADER: current.request_id} if current else {}
 
 
+def _dialect(path: str) -> str:
+    if path.startswith(ANTHROPIC_PATH):
+        return "anthropic"
+    return "ollama" if path.startswith(OLLAMA_PATH) else "openai"
+
+
 @dataclass(frozen=True)
 class _Series:
     """One (model, node)'s metric children. ``labels()`` takes a lock and checks its
@@ -142,14 +152,12 @@ class RequestRecorder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope.get("method") != "POST" or path[:4] != "/v1/":
+        recorded = path[:4] == "/v1/" or path in OLLAMA_RECORDED
+        if scope["type"] != "http" or scope.get("method") != "POST" or not recorded:
             await self._app(scope, receive, send)
             return
         request_id = request_id_of(scope)
-        current = RequestRecord(
-            request_id=request_id,
-            dialect="anthropic" if path.startswith(ANTHROPIC_PATH) else "openai",
-        )
+        current = RequestRecord(request_id=request_id, dialect=_dialect(path))
         token = current_record.set(current)
 
         async def send_with_headers(message: Message) -> None:

@@ -9,16 +9,22 @@ the node fails.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from cortex.errors import CortexError, UpstreamError
+from cortex.gateway.recording import record
 from cortex.protocol.errors import anthropic_error_body, openai_error_body
+from cortex.protocol.ollama import error_line
 from cortex.protocol.sse import data_frame, data_of, event_frame
-from cortex.translate.streams import StreamTranslator, encode_event
+from cortex.translate.ollama import Kind, OllamaStream, Timings
+from cortex.translate.streams import StreamTranslator, chunk_error, encode_event
 
 
 class Renderer(Protocol):
+    media_type: str  # of the client's stream
+
     def start(self, prompt_tokens: int) -> None:
         """The upstream answered; its prompt is ``prompt_tokens`` long."""
         ...
@@ -31,8 +37,22 @@ class Renderer(Protocol):
         """What ends the client's stream with ``error``."""
         ...
 
+    def waiting(self, model_id: str) -> bytes:
+        """What keeps the client's stream alive while ``model_id`` loads: bytes its
+        client ignores."""
+        ...
 
-class OpenAIRenderer:
+
+class _ServerSentEvents:
+    """Renderers whose client reads server-sent events: a comment keeps it waiting."""
+
+    media_type = "text/event-stream"
+
+    def waiting(self, model_id: str) -> bytes:
+        return f": loading {model_id}\n\n".encode()
+
+
+class OpenAIRenderer(_ServerSentEvents):
     """Pass-through: the neuron already speaks the client's dialect. Holds no state,
     so one serves every request."""
 
@@ -46,7 +66,7 @@ class OpenAIRenderer:
         return data_frame(json.dumps(openai_error_body(error)).encode())
 
 
-class AnthropicRenderer:
+class AnthropicRenderer(_ServerSentEvents):
     """OpenAI chunks in, Anthropic Messages events out; one per request."""
 
     def __init__(
@@ -80,6 +100,56 @@ class AnthropicRenderer:
         if self._translator is None:  # failed before the upstream answered
             return event_frame("error", json.dumps(anthropic_error_body(error)).encode())
         return b"".join(encode_event(e) for e in self._translator.fail(error))
+
+
+class OllamaRenderer:
+    """OpenAI chunks in, Ollama's NDJSON lines out (``/api/chat``, ``/api/generate``)."""
+
+    media_type = "application/x-ndjson"
+
+    def __init__(self, client_model: str, kind: Kind, think: bool | str | None) -> None:
+        self._stream = OllamaStream(model=client_model, kind=kind, think=think)
+
+    def start(self, prompt_tokens: int) -> None:
+        pass
+
+    def event(self, event: bytes) -> bytes:
+        payload = data_of(event)
+        if payload is None:
+            return b""
+        if payload == b"[DONE]":
+            chunks = self._stream.finish(measured())
+        else:
+            chunk = _chunk(payload)
+            if chunk.get("error"):  # the neuron failed mid-stream: its message, as is
+                return error_line(chunk_error(chunk["error"]))
+            chunks = self._stream.feed(chunk)
+        return b"".join(c.line() for c in chunks)
+
+    def error(self, error: CortexError) -> bytes:
+        return error_line(error)
+
+    def waiting(self, model_id: str) -> bytes:
+        """An empty chunk: the client adds nothing for it."""
+        return self._stream.empty().line()
+
+
+def measured() -> Timings:
+    """The request's timings so far, from its record (``recording``): from arrival to
+    now; waiting for a node (a load included); the neuron's time to first token; the
+    generation after it."""
+    current = record()
+    if current is None:
+        return Timings()
+    now = time.perf_counter()
+    ttft = current.upstream_ttft_s or 0.0
+    upstream = now - current.sent_upstream if current.sent_upstream is not None else 0.0
+    return Timings(
+        total_s=now - current.started,
+        load_s=current.waited_s,
+        prompt_eval_s=ttft,
+        eval_s=max(0.0, upstream - ttft),
+    )
 
 
 def _chunk(payload: bytes) -> dict[str, Any]:

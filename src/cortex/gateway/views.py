@@ -1,12 +1,16 @@
-"""What the gateway shows of its models: one entry per model, shared by ``/v1/models``
-and ``/fleet`` so both say the same thing."""
+"""What the gateway shows of its models: one entry per model, shared by ``/v1/models``,
+``/fleet`` and Ollama's ``/api/tags``, ``/api/ps`` and ``/api/show``, so all say the
+same thing."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 from typing import Any
 
 from cortex.gateway.state import GatewayState
+from cortex.protocol import ollama as ol
 from cortex.protocol.anthropic import ModelInfo, ModelPage
 from cortex.protocol.fleet import CatalogueEntry, Placement
 from cortex.spec import ModelSpec, SamplingDefaults
@@ -64,4 +68,105 @@ def anthropic_model_list(entries: list[dict[str, Any]]) -> ModelPage:
         data=data,
         first_id=data[0].id if data else None,
         last_id=data[-1].id if data else None,
+    )
+
+
+# --- Ollama's views ------------------------------------------------------------------
+
+# Far in the future: how Ollama reports a model kept loaded for good (keep_alive < 0).
+_FOREVER = 253402300799.0  # 9999-12-31T23:59:59Z
+_PARAMETERS = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?[MBT])(?![a-z])", re.IGNORECASE)
+_QUANT = re.compile(r"\b((?:I?Q\d[\w]*)|F16|BF16|F32)\b", re.IGNORECASE)
+
+
+def ollama_details(model_id: str, source: str | None, quant: str | None = None) -> ol.Details:
+    """What can be told of a model from its id and source without reading its file:
+    the format, a size such as "135M" and a quantisation such as "Q4_1" where the
+    names carry them."""
+    names = f"{model_id} {source or ''}"
+    gguf = bool(quant) or (source or "").lower().endswith(".gguf")
+    size = _PARAMETERS.search(names.replace("_", " ").replace("-", " "))
+    level = quant or (m.group(1).upper() if (m := _QUANT.search(source or "")) else "")
+    return ol.Details(
+        format="gguf" if gguf else "safetensors",
+        family="",
+        families=[],
+        parameter_size=size.group(1).upper() if size else "",
+        quantization_level=level,
+    )
+
+
+def ollama_digest(model_id: str, source: str | None) -> str:
+    """A stable digest of the profile (not of the weights, which the gateway never reads)."""
+    return hashlib.sha256(f"{model_id}\n{source or ''}".encode()).hexdigest()
+
+
+def ollama_tags(state: GatewayState) -> ol.Tags:
+    now = ol.created_at()
+    models = []
+    for entry in catalogue_entries(state):
+        profile = state.catalogue.profiles.get(entry.id)
+        models.append(
+            ol.TagModel(
+                name=entry.id,
+                model=entry.id,
+                modified_at=now,
+                size=(entry.memory_estimate_mb or 0) * 2**20,
+                digest=ollama_digest(entry.id, entry.source),
+                details=ollama_details(entry.id, entry.source, profile.quant if profile else None),
+            )
+        )
+    return ol.Tags(models=models)
+
+
+def ollama_running(state: GatewayState) -> ol.Running:
+    """One entry per (node, model): its memory, and when it would be unloaded for idling
+    (never, for a pinned model or without ``idle_unload_after_s``)."""
+    idle_after = state.config.eviction.idle_unload_after_s
+    models = []
+    for node in state.fleet.usable():
+        for status in node.models.values():
+            size = status.memory_mb * 2**20
+            on_gpu = any(not device.startswith("cpu") for device in status.devices)
+            forever = status.spec.pinned or idle_after <= 0
+            expires = _FOREVER if forever else node.last_used(status.id) + idle_after
+            models.append(
+                ol.RunningModel(
+                    name=status.id,
+                    model=status.id,
+                    size=size,
+                    digest=ollama_digest(status.id, status.spec.source),
+                    details=ollama_details(status.id, status.spec.source, status.spec.quant),
+                    expires_at=ol.created_at(expires),
+                    size_vram=size if on_gpu else 0,
+                    context_length=status.context_length,
+                    node=node.name,
+                )
+            )
+    return ol.Running(models=models)
+
+
+def ollama_show(state: GatewayState, model_id: str) -> ol.ShowAnswer:
+    entry = next(e for e in catalogue_entries(state) if e.id == model_id)
+    profile = state.catalogue.profiles.get(model_id)
+    sampling = entry.sampling_defaults
+    parameters = [
+        f"{'repeat_penalty' if name == 'repetition_penalty' else name} {value}"
+        for name, value in (sampling.model_dump() if sampling else {}).items()
+        if value is not None
+    ]
+    context = entry.context_length or next(
+        (n.models[model_id].context_length for n in state.fleet.usable() if model_id in n.models),
+        None,
+    )
+    modelfile = [f"# Served by cortex from models.toml\nFROM {entry.source or model_id}"]
+    modelfile += [f"PARAMETER {line}" for line in parameters]
+    return ol.ShowAnswer(
+        modelfile="\n".join(modelfile) + "\n",
+        parameters="\n".join(parameters),
+        template="",  # the neuron applies the model file's own chat template
+        details=ollama_details(model_id, entry.source, profile.quant if profile else None),
+        model_info={"general.architecture": "cortex", "cortex.context_length": context},
+        capabilities=["completion", "tools"],
+        modified_at=ol.created_at(),
     )

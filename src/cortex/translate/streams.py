@@ -121,7 +121,7 @@ class StreamTranslator:
         if self._done:
             return []
         if chunk.get("error"):
-            return self.fail(_chunk_error(chunk["error"]))
+            return self.fail(chunk_error(chunk["error"]))
         events = self.start(chunk.get("id"))
         if chunk.get("usage"):
             self._usage = chunk["usage"]
@@ -293,7 +293,7 @@ _STATUS_OF_TYPE = {
 }
 
 
-def _chunk_error(payload: Any) -> CortexError:
+def chunk_error(payload: Any) -> CortexError:
     detail = payload if isinstance(payload, Mapping) else {"message": str(payload)}
     message = str(detail.get("message") or "The backend failed mid-stream.")
     status = _STATUS_OF_TYPE.get(str(detail.get("type")), 502)
