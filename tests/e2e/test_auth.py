@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anthropic
 import httpx
+import ollama
 import openai
 import pytest
 from starlette.routing import BaseRoute
@@ -61,7 +62,15 @@ GATEWAY_BODIES = {
     "/fleet/load": {"model": MODEL},
     # a real unload would take the session's model away: a missing check answers 404
     "/fleet/unload": {"model": "no-such-model"},
-}
+    "/api/chat": {"model": MODEL, "messages": HELLO, "stream": False,
+                  "options": {"num_predict": 1}},
+    "/api/generate": {"model": MODEL, "prompt": "Hi", "stream": False,
+                      "options": {"num_predict": 1}},
+    "/api/embed": {"model": MODEL, "input": "Hi"},
+    "/api/embeddings": {"model": MODEL, "prompt": "Hi"},
+    "/api/show": {"model": MODEL},
+    "/api/pull": {"model": MODEL, "stream": False},
+}  # fmt: skip
 SPARE = {"id": "spare", "source": BUNDLED, "context_length": 512, "max_batch": 1}
 NEURON_BODIES = {
     "/models/load": SPARE,
@@ -142,6 +151,8 @@ def test_every_gateway_route_needs_a_key_unless_public(keyed: Gateway, method: s
         if anthropic_route:  # in the dialect's own envelope
             assert answer.json()["type"] == "error", answer.text
             assert answer.json()["error"]["type"] == "authentication_error"
+        elif path.startswith("/api/"):  # Ollama's: one string
+            assert "API key" in answer.json()["error"], answer.text
         else:
             assert answer.json()["error"]["code"] == "invalid_api_key", answer.text
     # the right key, either way it may be sent, gets past the check (to the route's own
@@ -169,6 +180,13 @@ def test_the_sdks_see_a_401_in_their_own_shape(keyed: Gateway) -> None:
     claude = anthropic.Anthropic(base_url=keyed.url, api_key=KEYS[1], max_retries=0)
     message = claude.messages.create(model=MODEL, max_tokens=1, messages=HELLO)
     assert message.usage.output_tokens == 1
+    # the Ollama client sends the headers it is given (or OLLAMA_API_KEY as a Bearer token)
+    wrong_ollama = ollama.Client(host=keyed.url, headers={"Authorization": "Bearer wrong"})
+    with pytest.raises(ollama.ResponseError) as refused:
+        wrong_ollama.list()
+    assert refused.value.status_code == 401 and "API key" in refused.value.error
+    right_ollama = ollama.Client(host=keyed.url, headers={"Authorization": f"Bearer {KEYS[0]}"})
+    assert [m.model for m in right_ollama.list().models] == [MODEL]
 
 
 # -- the neuron -----------------------------------------------------------------------------
