@@ -8,11 +8,13 @@ small context sets each neuron's budget to hold three such models and no more.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import ollama
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -157,6 +159,54 @@ def test_a_stream_waiting_on_a_load_gets_keepalive_comments(fleet) -> None:
         model="streamed", messages=HI, max_tokens=4, stream=True
     )
     assert any(chunk.choices and chunk.choices[0].delta.content for chunk in stream)
+
+
+def test_an_ollama_stream_waiting_on_a_load_gets_empty_chunks(fleet) -> None:
+    gateway = fleet(profile("ollama-cold") + profile("pulled"))
+    ollama_client = ollama.Client(host=gateway.url, timeout=60)
+    parts = list(
+        ollama_client.chat(
+            model="ollama-cold", messages=HI, options={"num_predict": 4}, stream=True
+        )
+    )
+    # an NDJSON client cannot skip an SSE comment: it waits on chunks that add nothing
+    assert parts[0].message.content == "" and not parts[0].done
+    assert "".join(p.message.content or "" for p in parts) and parts[-1].done
+    load_s = metric(gateway, "cortex_model_load_duration_seconds_sum", model="ollama-cold")
+    assert (parts[-1].load_duration or 0) >= 0.9 * load_s * 1e9 > 0  # the load, measured
+    assert metric(gateway, "cortex_requests_total", model="ollama-cold", dialect="ollama") == 1
+    # a pull reports the load as it runs, then loads nothing more
+    progress = [p.status for p in ollama_client.pull("pulled", stream=True)]
+    assert progress[0] == "pulling manifest" and progress[-1] == "success"
+    assert "loading pulled" in progress
+    assert any("pulled" in models for models in placements(gateway).values())
+
+
+def test_ollama_keep_alive_sets_when_its_model_unloads(fleet) -> None:
+    gateway = fleet(profile("kept"))
+    ollama_client = ollama.Client(host=gateway.url, timeout=60)
+
+    def loaded() -> bool:
+        return any("kept" in models for models in placements(gateway).values())
+
+    # an empty prompt loads the model, as `ollama run` does
+    assert ollama_client.generate(model="kept", prompt="").done_reason == "load"
+    assert loaded()
+    (running,) = ollama_client.ps().models
+    assert running.expires_at is not None and running.expires_at.year == 9999  # no idle unload
+    ollama_client.chat(model="kept", messages=HI, options={"num_predict": 2}, keep_alive="1h")
+    (running,) = ollama_client.ps().models
+    assert running.expires_at is not None
+    left_s = running.expires_at.timestamp() - time.time()
+    assert 3500 < left_s <= 3600
+    # keep_alive 0: unloaded once the answer is done
+    answer = ollama_client.chat(model="kept", messages=HI, options={"num_predict": 2}, keep_alive=0)
+    assert answer.done
+    wait_for(lambda: not loaded(), "the model unloaded after its answer", timeout_s=15)
+    # `ollama stop`: an empty prompt with keep_alive 0 unloads at once
+    assert ollama_client.generate(model="kept", prompt="").done_reason == "load"
+    assert ollama_client.generate(model="kept", prompt="", keep_alive=0).done_reason == "unload"
+    assert not loaded()
 
 
 def test_lru_evicts_the_least_recently_used_and_never_a_pinned_model(fleet) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from cortex.config import NeuronEndpoint
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.placement import (
@@ -103,6 +105,25 @@ def test_idle_models_skip_pinned_and_busy() -> None:
     found = idle_models([room], now=100, idle_after_s=30)
     assert [(i.node, i.model_id) for i in found] == [("a", "idle")]
     assert idle_models([room], now=100, idle_after_s=0) == []
+
+
+def test_a_clients_keep_alive_replaces_the_idle_time_of_its_model() -> None:
+    room = Room(
+        "a",
+        "cpu",
+        0,
+        (
+            resident("now", 10, 100),  # just used: keep_alive 0 unloads it all the same
+            resident("forever", 10, 0),
+            resident("pinned", 10, 0, pinned=True),
+            resident("default", 10, 0),
+        ),
+    )
+    keep = {"now": 0.0, "forever": math.inf, "pinned": 0.0}
+    found = idle_models([room], now=100, idle_after_s=30, keep_alive=keep)
+    assert [i.model_id for i in found] == ["now", "default"]
+    found = idle_models([room], now=100, idle_after_s=0, keep_alive=keep)
+    assert [i.model_id for i in found] == ["now"]
 
 
 def test_defrag_empties_the_device_whose_models_fit_elsewhere() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
@@ -265,3 +266,17 @@ def test_embed_answer_keeps_the_input_order() -> None:
 def test_errors_are_one_string() -> None:
     assert ol.ollama_error_body(ModelNotFound("nope")) == {"error": "model 'nope' not found"}
     assert json.loads(ol.error_line(UpstreamError("node down"))) == {"error": "node down"}
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, None), (0, 0.0), ("0", 0.0), (300, 300.0), ("10", 10.0), ("5m", 300.0),
+     ("1h30m", 5400.0), ("300ms", 0.3), (-1, math.inf), ("-1m", math.inf)],
+)  # fmt: skip
+def test_keep_alive_in_seconds(value: ol.KeepAlive, seconds: float | None) -> None:
+    assert tr.keep_alive_s(value) == seconds
+
+
+def test_a_keep_alive_that_is_no_duration_is_a_400() -> None:
+    with pytest.raises(InvalidRequest, match="keep_alive 'soon'"):
+        tr.keep_alive_s("soon")

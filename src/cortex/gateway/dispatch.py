@@ -54,10 +54,11 @@ class Forward:
 Prepare = Callable[[bytes, Resolve], Forward]
 
 
-async def dispatch(request: Request, prepare: Prepare) -> Response:
+async def dispatch(request: Request, prepare: Prepare, raw: bytes | None = None) -> Response:
+    """``raw``: the body, where the route has already read it (and checked the key)."""
     state = state_of(request)
-    state.keys.check(request)
-    raw = await read_body(request, state.config.gateway.request_body_limit_mb * 2**20)
+    if raw is None:
+        raw = await read_request(request, state)
     forward = prepare(raw, lambda name: resolve_model(state, name))
     model_id = forward.model_id
     holders = state.scheduler.holders(model_id)
@@ -80,6 +81,12 @@ async def dispatch(request: Request, prepare: Prepare) -> Response:
         media_type="application/json",
         headers={"x-cortex-node": node.name},
     )
+
+
+async def read_request(request: Request, state: GatewayState) -> bytes:
+    """The body of an API request, once its key is checked."""
+    state.keys.check(request)
+    return await read_body(request, state.config.gateway.request_body_limit_mb * 2**20)
 
 
 def resolve_model(state: GatewayState, name: str) -> str:

@@ -12,7 +12,8 @@ Pinned models and models with requests in flight never leave.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -112,15 +113,21 @@ def plan_load(rooms: Sequence[Room], need_mb: int, strategy: Strategy) -> LoadPl
     return _no_room(rooms, need_mb)
 
 
-def idle_models(rooms: Iterable[Room], now: float, idle_after_s: float) -> list[Idle]:
-    """Models idle for at least ``idle_after_s`` that may be unloaded on time alone."""
-    if idle_after_s <= 0:
-        return []
+def idle_models(
+    rooms: Iterable[Room],
+    now: float,
+    idle_after_s: float,
+    keep_alive: Mapping[str, float] | None = None,
+) -> list[Idle]:
+    """Models idle for at least ``idle_after_s`` (0: never) that may be unloaded on time
+    alone; ``keep_alive`` replaces that time for the models it names (an Ollama client's
+    ``keep_alive``: 0 unloads once idle at all, ``inf`` never)."""
     found = []
     for room in rooms:
         for resident in room.residents:
+            after = (keep_alive or {}).get(resident.model_id, idle_after_s or math.inf)
             idle_s = now - resident.last_used
-            if not resident.pinned and not resident.busy and idle_s >= idle_after_s:
+            if not resident.pinned and not resident.busy and idle_s >= after:
                 found.append(Idle(room.node, resident.model_id, idle_s))
     return found
 

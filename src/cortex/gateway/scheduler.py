@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -75,6 +76,9 @@ class Scheduler:
         self._estimate_detail: dict[str, EstimateDetail] = {}  # where a neuron gave one
         self.eviction_cycles = 0
         self._background: set[asyncio.Task[Any]] = set()
+        # Idle-unload times set by clients (Ollama's keep_alive), by model id, in seconds
+        # (inf: never); the model's next unload forgets its entry.
+        self.keep_alive: dict[str, float] = {}
 
     # -- routing -----------------------------------------------------------------
 
@@ -354,24 +358,37 @@ class Scheduler:
 
     # -- housekeeping: idle unloads and defrag ---------------------------------------
 
+    def keep_alive_for(self, model_id: str, seconds: float | None) -> None:
+        """How long ``model_id`` stays loaded once idle, as a client asked (``None``: as
+        cortex.toml says); pinned models stay loaded whatever is asked."""
+        if seconds is None:
+            self.keep_alive.pop(model_id, None)
+        else:
+            self.keep_alive[model_id] = seconds
+
     async def run_housekeeping(self) -> None:
-        """Unload models idle past ``idle_unload_after_s``; runs for the gateway's life."""
-        idle_after = self._eviction.idle_unload_after_s
-        if idle_after <= 0:
-            return
-        interval = min(10.0, max(0.2, idle_after / 4))
+        """Unload models idle past ``idle_unload_after_s`` or their client's keep-alive;
+        runs for the gateway's life."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._housekeeping_interval())
             try:
                 await self.unload_idle()
             except CortexError as exc:
                 log.warning("idle unload failed: %s", exc.message)
+
+    def _housekeeping_interval(self) -> float:
+        """A quarter of the shortest idle time in force (0.2 s to 10 s); with none, check
+        each second whether a client has set one."""
+        times = [self._eviction.idle_unload_after_s or math.inf, *self.keep_alive.values()]
+        shortest = min(times)
+        return 1.0 if shortest == math.inf else min(10.0, max(0.2, shortest / 4))
 
     async def unload_idle(self) -> None:
         found = idle_models(
             rooms_of(self._fleet.usable(), self._catalogue.profiles),
             time.time(),
             self._eviction.idle_unload_after_s,
+            self.keep_alive,
         )
         for idle in found:
             node = self._fleet.nodes[idle.node]
@@ -379,6 +396,8 @@ class Scheduler:
                 continue
             log.info("idle model=%s node=%s idle_s=%.0f", idle.model_id, idle.node, idle.idle_s)
             await self._unload(node, idle.model_id, reason="idle")
+            if not self._fleet.holders(idle.model_id):
+                self.keep_alive.pop(idle.model_id, None)
 
     def _count_eviction_cycle(self) -> None:
         self.eviction_cycles += 1

@@ -5,6 +5,7 @@ same thing."""
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from typing import Any
@@ -121,15 +122,16 @@ def ollama_tags(state: GatewayState) -> ol.Tags:
 
 def ollama_running(state: GatewayState) -> ol.Running:
     """One entry per (node, model): its memory, and when it would be unloaded for idling
-    (never, for a pinned model or without ``idle_unload_after_s``)."""
+    (its client's keep_alive, else ``idle_unload_after_s``; never for a pinned model)."""
     idle_after = state.config.eviction.idle_unload_after_s
     models = []
     for node in state.fleet.usable():
         for status in node.models.values():
             size = status.memory_mb * 2**20
             on_gpu = any(not device.startswith("cpu") for device in status.devices)
-            forever = status.spec.pinned or idle_after <= 0
-            expires = _FOREVER if forever else node.last_used(status.id) + idle_after
+            after = state.scheduler.keep_alive.get(status.id, idle_after or math.inf)
+            forever = status.spec.pinned or after == math.inf
+            expires = _FOREVER if forever else node.last_used(status.id) + after
             models.append(
                 ol.RunningModel(
                     name=status.id,

@@ -19,6 +19,9 @@
 - Reasoning the model writes as a leading ``<think>…</think>`` is ``thinking``,
   dropped when the request says ``think: false``.
 
+``keep_alive`` is read here (``keep_alive_s``) and applied by the gateway's scheduler:
+that model's idle-unload time, 0 unloading it once the answer is done.
+
 Answers: one ``OllamaStream`` turns the neuron's chunks into Ollama's chunks, and
 the same decisions make the whole answer (``chat_answer``, ``generate_answer``), so
 a stream joins up to the answer the same request gives unstreamed.
@@ -27,6 +30,8 @@ a stream joins up to the answer the same request gives unstreamed.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -148,6 +153,35 @@ def _sampling(request: ol.ChatRequest | ol.GenerateRequest) -> dict[str, Any]:
         schema = {"name": "format", "schema": request.format}
         body["response_format"] = {"type": "json_schema", "json_schema": schema}
     return body
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_S = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def keep_alive_s(value: ol.KeepAlive) -> float | None:
+    """Ollama's ``keep_alive`` in seconds: a number of seconds or a Go duration ("5m",
+    "1h30m"); negative: for good (``inf``); ``None``: not asked (the default applies)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        sign = -1.0 if text.startswith("-") else 1.0
+        body = text.lstrip("+-")
+        try:
+            seconds = sign * float(body)  # a plain number: seconds
+        except ValueError:
+            parts = _DURATION.findall(body)
+            if not parts or "".join(n + u for n, u in parts) != body:
+                raise InvalidRequest(
+                    f"keep_alive '{value}' is not a duration such as \"5m\" or a number of "
+                    "seconds.",
+                    param="keep_alive",
+                ) from None
+            seconds = sign * sum(float(n) * _UNIT_S[u] for n, u in parts)
+    return math.inf if seconds < 0 else seconds
 
 
 # --- answers -------------------------------------------------------------------------

@@ -19,9 +19,8 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from cortex.bodies import read_body
 from cortex.errors import CortexError, InvalidRequest
-from cortex.gateway.dispatch import Forward, Resolve, dispatch
+from cortex.gateway.dispatch import Forward, Resolve, dispatch, read_request
 from cortex.gateway.renderers import OllamaRenderer, measured
 from cortex.gateway.state import GatewayState, state_of
 from cortex.gateway.views import ollama_running, ollama_show, ollama_tags
@@ -63,11 +62,54 @@ async def show(request: Request) -> Response:
 
 
 async def chat(request: Request) -> Response:
-    return await dispatch(request, _chat)
+    state = state_of(request)
+    raw = await read_request(request, state)
+    asked = parse_body(ol.ChatRequest, raw)
+    if not asked.messages:  # Ollama's way to load (or, with keep_alive 0, unload) a model
+        return await _load_or_unload(state, asked)
+    _keep_alive(state, asked)
+    return await dispatch(request, partial(_chat, asked), raw)
 
 
 async def generate(request: Request) -> Response:
-    return await dispatch(request, _generate)
+    state = state_of(request)
+    raw = await read_request(request, state)
+    asked = parse_body(ol.GenerateRequest, raw)
+    if not asked.prompt and not asked.system:
+        return await _load_or_unload(state, asked)
+    _keep_alive(state, asked)
+    return await dispatch(request, partial(_generate, asked), raw)
+
+
+def _keep_alive(state: GatewayState, asked: ol.ChatRequest | ol.GenerateRequest) -> None:
+    """The model's idle-unload time, as the request asks (or the default, as in Ollama
+    where each request sets it); 0 unloads it once this answer is done."""
+    seconds = tr.keep_alive_s(asked.keep_alive)
+    state.scheduler.keep_alive_for(state.scheduler.resolve(asked.model), seconds)
+
+
+async def _load_or_unload(
+    state: GatewayState, asked: ol.ChatRequest | ol.GenerateRequest
+) -> Response:
+    """An empty prompt: load the model (``done_reason: "load"``), or with ``keep_alive:
+    0`` unload it everywhere now (``"unload"``), as ``ollama run`` and ``ollama stop`` do."""
+    model_id = state.scheduler.resolve(asked.model)
+    seconds = tr.keep_alive_s(asked.keep_alive)
+    if seconds == 0:
+        await state.scheduler.unload(model_id)
+        state.scheduler.keep_alive_for(model_id, None)
+        reason = "unload"
+    else:
+        await state.scheduler.load(model_id)
+        state.scheduler.keep_alive_for(model_id, seconds)
+        reason = "load"
+    head = {"model": asked.model, "created_at": ol.created_at(), "done": True,
+            "done_reason": reason}  # fmt: skip
+    if isinstance(asked, ol.ChatRequest):
+        answer: BaseModel = ol.ChatChunk(**head, message=ol.OutMessage())
+    else:
+        answer = ol.GenerateChunk(**head)
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
 
 async def embed(request: Request) -> Response:
@@ -78,15 +120,13 @@ async def embeddings(request: Request) -> Response:
     return await dispatch(request, _embeddings)
 
 
-def _chat(raw: bytes, resolve: Resolve) -> Forward:
-    asked = parse_body(ol.ChatRequest, raw)
+def _chat(asked: ol.ChatRequest, raw: bytes, resolve: Resolve) -> Forward:
     model_id = resolve(asked.model)
     body = tr.chat_body(asked, model_id)
     return _generation(tr.CHAT_PATH, model_id, body, asked, "chat")
 
 
-def _generate(raw: bytes, resolve: Resolve) -> Forward:
-    asked = parse_body(ol.GenerateRequest, raw)
+def _generate(asked: ol.GenerateRequest, raw: bytes, resolve: Resolve) -> Forward:
     model_id = resolve(asked.model)
     path, body = tr.generate_body(asked, model_id)
     return _generation(path, model_id, body, asked, "generate")
@@ -197,9 +237,7 @@ async def delete(request: Request) -> Response:
 
 
 async def _model_request(request: Request, state: GatewayState) -> ol.ModelRequest:
-    state.keys.check(request)
-    raw = await read_body(request, state.config.gateway.request_body_limit_mb * 2**20)
-    named = parse_body(ol.ModelRequest, raw)
+    named = parse_body(ol.ModelRequest, await read_request(request, state))
     if not named.model_name():
         raise InvalidRequest("'model' is required.", param="model")
     return named
