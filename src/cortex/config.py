@@ -55,6 +55,9 @@ class GatewaySection(BaseModel):
 
     listen: str = "127.0.0.1:31313"
     metrics_listen: str = "127.0.0.1:31314"
+    # A second address for the same API, for clients that hard-code Ollama's port
+    # ("127.0.0.1:11434"); none by default (Ollama's own server may hold that port).
+    ollama_listen: str | None = None
     # Secrets stay out of reprs, so a logged config does not leak them.
     api_keys: list[str] = Field(default_factory=list, repr=False)
     poll_interval_s: float = Field(default=2, gt=0)
@@ -71,9 +74,11 @@ class GatewaySection(BaseModel):
     # an error event the client can act on (rather than a cut connection)
     shutdown_grace_s: float = Field(default=30, ge=0)
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator("listen", "metrics_listen", "ollama_listen")
     @classmethod
-    def _host_port(cls, value: str) -> str:
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parse_host_port(value)
         return value.strip()
 

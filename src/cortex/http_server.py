@@ -14,7 +14,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvicorn
@@ -92,8 +93,12 @@ def serve(
     header_timeout_s: float,
     graceful_s: float,
     on_shutdown: Callable[[], None] | None = None,
+    also: Sequence[tuple[str, int]] = (),
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM; open requests get ``graceful_s`` to finish."""
+    """Serve ``app`` until SIGINT/SIGTERM; open requests get ``graceful_s`` to finish.
+
+    ``also``: more addresses that serve the same app, in the same process (one
+    lifespan, one fleet state), such as Ollama's port."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -104,4 +109,26 @@ def serve(
         proxy_headers=False,  # nothing here reads X-Forwarded-*; skip parsing them
         timeout_graceful_shutdown=graceful_s,
     )
-    Server(config, on_shutdown).run()
+    if not also:
+        Server(config, on_shutdown).run()
+        return
+    sockets = [_bound(host, port), *(_bound(h, p) for h, p in also)]
+    try:
+        Server(config, on_shutdown).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    """A listening-ready socket on ``host:port``, as uvicorn binds its own."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.set_inheritable(True)
+    return sock

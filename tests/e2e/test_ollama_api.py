@@ -11,7 +11,7 @@ import ollama
 import openai
 import pytest
 
-from procs import MODEL, Gateway
+from procs import BUNDLED, MODEL, Gateway, Neuron, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -206,3 +206,28 @@ def test_pull_loads_with_progress(client: ollama.Client) -> None:
     with pytest.raises(ollama.ResponseError) as unknown:
         client.pull("no-such-model")
     assert unknown.value.status_code == 404
+
+
+def test_ollama_listen_serves_the_same_api_on_a_second_port(
+    neuron: Neuron, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    port = free_port()
+    config = f"""
+[gateway]
+poll_interval_s = 0.5
+ollama_listen = "127.0.0.1:{port}"
+
+[[neurons]]
+name = "{neuron.name}"
+endpoint = "{neuron.url}"
+"""
+    models = f'[[models]]\nid = "{MODEL}"\nsource = "{BUNDLED}"\n'
+    gateway = Gateway(tmp_path_factory.mktemp("ollama-listen"), config, models, {MODEL})
+    try:
+        second = ollama.Client(host=f"http://127.0.0.1:{port}", timeout=60)
+        assert [m.model for m in second.list().models] == [MODEL]
+        answer = second.chat(model=MODEL, messages=HELLO, options=GREEDY)
+        assert "Paris" in (answer.message.content or "")
+        assert ollama.Client(host=gateway.url).ps().models[0].model == MODEL  # one gateway
+    finally:
+        gateway.stop()

@@ -25,6 +25,7 @@ FULL_GATEWAY = """
 [gateway]
 listen = "0.0.0.0:31313"
 metrics_listen = "[::1]:31314"
+ollama_listen = "127.0.0.1:11434"
 api_keys = ["sk-test"]
 poll_interval_s = 0.5
 
@@ -63,6 +64,7 @@ def test_empty_gateway_file_gives_defaults(tmp_path: Path) -> None:
     assert config == GatewayConfig()
     assert config.gateway.listen == "127.0.0.1:31313"
     assert config.gateway.metrics_listen == "127.0.0.1:31314"
+    assert config.gateway.ollama_listen is None  # Ollama's own server may hold 11434
     assert config.gateway.api_keys == []
     assert config.gateway.poll_interval_s == 2
     assert config.gateway.down_after_misses == 3
@@ -76,6 +78,7 @@ def test_empty_gateway_file_gives_defaults(tmp_path: Path) -> None:
 def test_full_gateway_file(tmp_path: Path) -> None:
     config = load_gateway_config(write(tmp_path, "cortex.toml", FULL_GATEWAY))
     assert config.gateway.listen == "0.0.0.0:31313"
+    assert config.gateway.ollama_listen == "127.0.0.1:11434"
     assert config.gateway.api_keys == ["sk-test"]
     assert config.eviction.strategy == "priority"
     assert [n.name for n in config.neurons] == ["beast", "benjy"]

@@ -65,7 +65,7 @@ def _load_configs(args: argparse.Namespace) -> tuple[GatewayConfig, ModelsConfig
     if args.models and embedded:
         models = load_models_config(Path(args.models))
     overrides = {}
-    for key in ("listen", "metrics_listen"):
+    for key in ("listen", "metrics_listen", "ollama_listen"):
         value = getattr(args, key)
         if value:
             parse_host_port(value)
@@ -124,6 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"cortex: serving on http://{host}:{port} (metrics on {config.gateway.metrics_listen})"
         )
         gateway = config.gateway
+        also = [parse_host_port(gateway.ollama_listen)] if gateway.ollama_listen else []
+        if gateway.ollama_listen:
+            console.print(f"cortex: and for Ollama clients on http://{gateway.ollama_listen}")
         serve(
             app,
             host,
@@ -131,6 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             header_timeout_s=gateway.header_timeout_s,
             graceful_s=gateway.shutdown_grace_s + SHUTDOWN_FLUSH_S,
             on_shutdown=lambda: begin_shutdown(app),
+            also=also,
         )
     except KeyboardInterrupt:
         pass
@@ -284,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--models", type=Path, help="models.toml (default: beside the config)")
     serve.add_argument("--listen", help="HOST:PORT for the API (overrides the config)")
     serve.add_argument("--metrics-listen", help="HOST:PORT for /metrics (overrides the config)")
+    serve.add_argument(
+        "--ollama-listen", help="HOST:PORT for Ollama clients too, e.g. 127.0.0.1:11434"
+    )
     serve.add_argument("--log-format", choices=["auto", "json", "text"], default="auto")
     serve.set_defaults(run=cmd_serve)
     gateway_default = os.environ.get("CORTEX_GATEWAY", DEFAULT_GATEWAY)
