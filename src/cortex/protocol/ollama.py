@@ -162,7 +162,7 @@ class ChatChunk(_Answer):
     message: OutMessage
 
 
-class ChatAnswer(ChatChunk, Stats):
+class ChatAnswer(Stats, ChatChunk):
     pass
 
 
@@ -171,7 +171,7 @@ class GenerateChunk(_Answer):
     thinking: str | None = None
 
 
-class GenerateAnswer(GenerateChunk, Stats):
+class GenerateAnswer(Stats, GenerateChunk):
     context: list[int] | None = None
 
 
