@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cortex.errors import CortexError, InvalidRequest
-from cortex.gateway.dispatch import Forward, Resolve, dispatch, read_request
+from cortex.gateway.dispatch import Forward, Resolve, dispatch, read_request, resolve_model
 from cortex.gateway.renderers import OllamaRenderer, measured
 from cortex.gateway.state import GatewayState, state_of
 from cortex.gateway.views import ollama_running, ollama_show, ollama_tags
@@ -93,7 +93,7 @@ async def _load_or_unload(
 ) -> Response:
     """An empty prompt: load the model (``done_reason: "load"``), or with ``keep_alive:
     0`` unload it everywhere now (``"unload"``), as ``ollama run`` and ``ollama stop`` do."""
-    model_id = state.scheduler.resolve(asked.model)
+    model_id = resolve_model(state, asked.model)  # noted on the request's record
     seconds = tr.keep_alive_s(asked.keep_alive)
     if seconds == 0:
         await state.scheduler.unload(model_id)
