@@ -14,6 +14,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from functools import partial
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -21,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 
 from cortex.errors import CortexError, InvalidRequest
 from cortex.gateway.dispatch import Forward, Resolve, dispatch, read_request, resolve_model
+from cortex.gateway.fleet import Node
 from cortex.gateway.renderers import OllamaRenderer, measured
 from cortex.gateway.state import GatewayState, state_of
 from cortex.gateway.views import ollama_running, ollama_show, ollama_tags
@@ -135,7 +137,7 @@ def _generate(asked: ol.GenerateRequest, raw: bytes, resolve: Resolve) -> Forwar
 def _generation(
     path: str,
     model_id: str,
-    body: dict,
+    body: dict[str, Any],
     asked: ol.ChatRequest | ol.GenerateRequest,
     kind: tr.Kind,
 ) -> Forward:
@@ -194,7 +196,7 @@ async def pull(request: Request) -> Response:
 
 
 async def _progress(
-    state: GatewayState, model_id: str, loading: asyncio.Future
+    state: GatewayState, model_id: str, loading: asyncio.Future[Node]
 ) -> AsyncIterator[bytes]:
     period = state.config.gateway.stream_keepalive_s
     yield ol.Progress(status="pulling manifest").line()
@@ -215,12 +217,12 @@ class _PullStream(StreamingResponse):
     """Owns the load it reports: a client that leaves does not cancel it (the model is
     wanted), but its outcome is always read."""
 
-    def __init__(self, loading: asyncio.Future, content: AsyncIterator[bytes]) -> None:
+    def __init__(self, loading: asyncio.Future[Node], content: AsyncIterator[bytes]) -> None:
         super().__init__(content, media_type=_NDJSON, headers=SSE_HEADERS)
         loading.add_done_callback(_consume)
 
 
-def _consume(done: asyncio.Future) -> None:
+def _consume(done: asyncio.Future[Node]) -> None:
     if not done.cancelled():
         done.exception()  # read: no "exception never retrieved" warning
 
