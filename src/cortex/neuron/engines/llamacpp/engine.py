@@ -397,14 +397,7 @@ class LlamaCppEngine:
 
     def _best_slot(self, free: list[_Slot], prompt: list[int]) -> tuple[_Slot, int]:
         def shared(slot: _Slot) -> int:
-            if not self._prefix_cache:
-                return 0
-            n = 0
-            for a, b in zip(slot.tokens, prompt, strict=False):
-                if a != b:
-                    break
-                n += 1
-            return n
+            return shared_prefix(slot.tokens, prompt) if self._prefix_cache else 0
 
         def preference(slot: _Slot) -> tuple[int, bool, float]:
             # A few shared tokens (the chat template's header) are not worth taking a
@@ -454,15 +447,11 @@ class LlamaCppEngine:
         whole stream, while getting and setting the state is immediate and copies only
         the cells in use."""
         state = self._state_of(source)
-        C.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
-        target.tokens = []
         if state is None:
+            C.llama_memory_seq_rm(self._memory, target.seq_id, -1, -1)
+            target.tokens = []
             return False
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if not C.llama_state_seq_set_data(self._ctx, buffer, len(state), target.seq_id):
-            return False
-        target.tokens = list(source.tokens)
-        return True
+        return self._restore(target, SavedSequence(list(source.tokens), state))
 
     def _state_of(self, slot: _Slot) -> bytes | None:
         size = C.llama_state_seq_get_size(self._ctx, slot.seq_id)
