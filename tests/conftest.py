@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Gateways started by the tests keep their databases out of the user's state dir.
+os.environ.setdefault("CORTEX_STATE_DIR", tempfile.mkdtemp(prefix="cortex-test-state-"))
 
 from procs import BUNDLED, MODEL, Gateway, Neuron
 

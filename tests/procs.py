@@ -253,7 +253,9 @@ class Gateway(Process):
             models_path = tmp / "models.toml"
             models_path.write_text(models)
             command += ["--models", str(models_path)]
-        super().__init__(command, tmp / "gateway.log", cwd=cwd or tmp)
+        # each gateway its own database, unless a test shares one through its config
+        env = {"CORTEX_STATE_DIR": str(tmp / "gateway-state")}
+        super().__init__(command, tmp / "gateway.log", cwd=cwd or tmp, env=env)
         wanted = wait_for_models or set()
         self.start_or_stop(lambda: self._ready(wanted), "gateway")
 

@@ -73,6 +73,20 @@ class GatewaySection(BaseModel):
     # on SIGTERM/Ctrl-C: answers in flight get this long to finish, then streams end with
     # an error event the client can act on (rather than a cut connection)
     shutdown_grace_s: float = Field(default=30, ge=0)
+    # What must outlive a restart (stored responses, keys, usage) lives in a database:
+    # SQLite in the state dir by default ($CORTEX_STATE_DIR, else ~/.local/state/cortex);
+    # "postgresql://user:pass@host:port/db" where several gateways share one.
+    state_dir: Path | None = None
+    database_url: str | None = Field(default=None, repr=False)
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite://", "postgresql://")):
+            raise PydanticCustomError(
+                "database_url", "database_url must start with sqlite:// or postgresql://"
+            )
+        return value
 
     @field_validator("listen", "metrics_listen", "ollama_listen")
     @classmethod

@@ -23,6 +23,7 @@ from cortex.error_handlers import error_handlers
 from cortex.errors import Unavailable
 from cortex.gateway.auth import ApiKeys
 from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.database import Database
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neuron_client import ClientFactory, HttpNeuronClient
@@ -91,6 +92,7 @@ def create_app(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             auto_decompress=False,
         )
+        database = Database.open(config.gateway.database_url, config.gateway.state_dir)
         fleet = Fleet(config.neurons, config.gateway.down_after_misses)
         for name, restarts in (supervised or {}).items():
             fleet.nodes[name].restarts = restarts
@@ -119,6 +121,7 @@ def create_app(
             keys=ApiKeys(config.gateway.api_keys),
             metrics=metrics,
             recent=recent,
+            database=database,
         )
         tasks: list[asyncio.Task[None]] = []
 
@@ -142,6 +145,7 @@ def create_app(
                     await task
             await scheduler.close()
             await session.close()
+            await database.close()
 
     return Starlette(
         routes=ROUTES,

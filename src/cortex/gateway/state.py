@@ -9,6 +9,7 @@ from starlette.requests import Request
 from cortex.config import GatewayConfig
 from cortex.gateway.auth import ApiKeys
 from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.database import Database
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.proxy import Proxy
@@ -26,6 +27,7 @@ class GatewayState:
     keys: ApiKeys
     metrics: GatewayMetrics
     recent: RecentRequests
+    database: Database
 
 
 def state_of(request: Request) -> GatewayState:
