@@ -3,11 +3,14 @@
 #   chromium   (/usr/bin/chromium)    tests/e2e/test_dashboard.py, through Playwright
 #                                     (never `playwright install`: that downloads from a CDN)
 #   prometheus (/usr/bin/prometheus)  tests/e2e/test_prometheus.py, a real scrape + PromQL
+#   postgresql (initdb, pg_ctl)       tests/postgres.py: a throwaway cluster for the
+#                                     gateways that share one database
 # Idempotent: does nothing when they are there. Needs apt-get and root; without them it
 # says so and does nothing, and those tests skip with the reason.
 # Run by scripts/test; on its own: scripts/debian-tools.sh
 set -euo pipefail
-declare -A BINARY=([chromium]=/usr/bin/chromium [prometheus]=/usr/bin/prometheus)
+declare -A BINARY=([chromium]=/usr/bin/chromium [prometheus]=/usr/bin/prometheus
+  [postgresql]=/usr/lib/postgresql/15/bin/initdb)
 
 missing=()
 for package in "${!BINARY[@]}"; do

@@ -47,3 +47,13 @@ aliases = ["claude-haiku-*", "claude-sonnet-*", "claude-opus-*", "small"]
     process = Gateway(tmp_path_factory.mktemp("gateway"), config, models, {MODEL})
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster for the session; ``new_database(url)`` makes a
+    fresh database in it per test."""
+    from postgres import postgres_cluster
+
+    with postgres_cluster() as url:
+        yield url

@@ -45,3 +45,20 @@ async def test_migrations_run_once_and_in_order(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="newer than this gateway"):
         await reopened.migrate("things", [create])
     await reopened.close()
+
+
+async def test_postgres_migrations_and_driver(postgres: str) -> None:
+    from postgres import new_database
+
+    database = Database.open(new_database(postgres))
+    assert not database.is_sqlite
+
+    def create(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT)")
+
+    await database.migrate("things", [create])
+    await database.migrate("things", [create])
+    async with database.engine.begin() as conn:
+        await conn.exec_driver_sql("INSERT INTO things (id, name) VALUES (1, 'a')")
+        assert (await conn.exec_driver_sql("SELECT name FROM things")).scalar() == "a"
+    await database.close()
