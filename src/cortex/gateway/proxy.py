@@ -20,6 +20,7 @@ import aiohttp
 from starlette.responses import Response, StreamingResponse
 
 from cortex.errors import CortexError, ModelRecovering, Unavailable, UpstreamError
+from cortex.gateway.fair_queue import FairQueue
 from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable, UpstreamResponse
 from cortex.gateway.poison import CRASHED_CODE, PoisonGuard, fingerprint
@@ -42,6 +43,7 @@ from cortex.protocol.sse import (
 log = logging.getLogger("cortex.gateway.proxy")
 
 _ERROR_EVENT = b'data: {"error"'
+_UNLIMITED = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -99,19 +101,48 @@ class Proxy:
         self._ending: CortexError | None = None  # set once answers in flight must end
         self._scheduler = scheduler
         self._fleet = fleet
+        self.admission = FairQueue(self._places, self._queue_places)
         self._clients = clients
         self._poller = poller
         self._keepalive_s = keepalive_s
 
+    def _places(self, model_id: str) -> int:
+        """The model's batch places on the nodes holding it. None holds it: no limit here,
+        the scheduler's cold-load queue bounds what waits for the load."""
+        holders = self._fleet.holders(model_id)
+        if not holders:
+            return _UNLIMITED
+        return sum(node.models[model_id].spec.max_batch for node in holders)
+
+    def _queue_places(self, model_id: str) -> int:
+        holders = self._fleet.holders(model_id)
+        return max(1, sum(node.models[model_id].spec.max_queue for node in holders))
+
+    def would_wait(self, model_id: str) -> bool:
+        """A request for the model now would wait for a place (in its tenant's turn)."""
+        return self.admission.would_wait(model_id)
+
     async def open(self, request: UpstreamRequest) -> Upstream:
-        """Send ``request`` to a node serving its model; retry elsewhere before any byte."""
+        """Send ``request`` to a node serving its model, once the fair queue admits it;
+        retry elsewhere before any byte."""
         if self._ending is not None:
             raise self._ending
         task = asyncio.current_task()
         assert task is not None
         self._opens.add(task)
         try:
-            return await self._send_to_a_node(request)
+            asked = time.perf_counter()
+            ticket = await self.admission.enter(request.model_id)
+            current = record()
+            if current is not None:  # a wait for a place counts as waiting for a node
+                current.waited_s += time.perf_counter() - asked
+            try:
+                upstream = await self._send_to_a_node(request)
+            except BaseException:
+                ticket.release()
+                raise
+            upstream.on_close.append(lambda _: ticket.release())
+            return upstream
         except asyncio.CancelledError:
             if self._ending is not None and task.cancelling() == 1:
                 task.uncancel()  # ended by the gateway, not by the client: say so
@@ -258,11 +289,12 @@ class Proxy:
     async def stream(self, request: UpstreamRequest, renderer: Renderer, *, cold: bool) -> Response:
         """The client's stream, rendered by ``renderer``.
 
-        ``cold``: no node holds the model, so it loads first. A load that ends (or
-        fails) within one keep-alive period answers like any request, status code
-        included; a longer one starts the stream with SSE comments every period, so
-        neither the client nor a proxy between times out, then the tokens flow."""
-        if not cold:
+        ``cold``: no node holds the model, so it loads first. A load (or a wait for a
+        place in the fair queue) that ends within one keep-alive period answers like any
+        request, status code included; a longer one starts the stream with SSE comments
+        every period, so neither the client nor a proxy between times out, then the
+        tokens flow."""
+        if not cold and not self.would_wait(request.model_id):
             return self._response(await self.open(request), renderer)
         opening = asyncio.ensure_future(self.open(request))
         try:
