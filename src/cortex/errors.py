@@ -175,8 +175,27 @@ class Overloaded(CortexError):
 
 
 class InsufficientMemory(CortexError):
+    """A node's memory refused the load: ``need_mb`` (its estimate) is more than the
+    ``free_mb`` left on ``device``, where the node said so."""
+
     status = 507
     kind = "insufficient_memory"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = "insufficient_memory",
+        need_mb: int | None = None,
+        free_mb: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.need_mb, self.free_mb, self.device = need_mb, free_mb, device
+
+    def details(self) -> dict[str, Any]:
+        numbers = {"need_mb": self.need_mb, "free_mb": self.free_mb, "device": self.device}
+        return {key: value for key, value in numbers.items() if value is not None}
 
 
 class UpstreamError(CortexError):

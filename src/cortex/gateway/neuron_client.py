@@ -17,11 +17,12 @@ import aiohttp
 from pydantic import BaseModel, ValidationError
 
 from cortex.config import NeuronEndpoint
-from cortex.errors import CortexError, UpstreamError
+from cortex.errors import CortexError, InsufficientMemory, UpstreamError
 from cortex.protocol.errors import error_from_openai_body
 from cortex.protocol.neuron import (
     EstimateAnswer,
-    ModelStatus,
+    LoadAnswer,
+    MemoryRefusal,
     NodeStatus,
     UnloadAnswer,
     UnloadRequest,
@@ -76,7 +77,10 @@ class NeuronClient(Protocol):
 
     async def status(self, timeout_s: float) -> NodeStatus: ...
 
-    async def load(self, spec: ModelSpec, timeout_s: float = 1800) -> ModelStatus: ...
+    async def load(self, spec: ModelSpec, timeout_s: float = 1800) -> LoadAnswer:
+        """The model once ready; a load of it already under way on the node is joined
+        (``outcome``). ``InsufficientMemory`` when the node refuses: it does not fit now."""
+        ...
 
     async def estimate(self, spec: ModelSpec, timeout_s: float = 60) -> EstimateAnswer:
         """The memory a load of ``spec`` would take, read from the model's files."""
@@ -119,9 +123,9 @@ class HttpNeuronClient:
             raise NeuronIncompatible(reason, contract)
         return self._parse(NodeStatus, "/status", body)
 
-    async def load(self, spec: ModelSpec, timeout_s: float = 1800) -> ModelStatus:
+    async def load(self, spec: ModelSpec, timeout_s: float = 1800) -> LoadAnswer:
         body = await self._admin("/models/load", spec, timeout_s)
-        return self._parse(ModelStatus, "/models/load", body)
+        return self._parse(LoadAnswer, "/models/load", body)
 
     async def estimate(self, spec: ModelSpec, timeout_s: float = 60) -> EstimateAnswer:
         body = await self._admin("/models/estimate", spec, timeout_s)
@@ -182,6 +186,8 @@ class HttpNeuronClient:
                         f"node '{self.endpoint.name}' refused the gateway's token for it: "
                         "check `token` under its [[neurons]] entry in cortex.toml"
                     )
+                if response.status == 507:
+                    raise memory_refusal(raw)
                 if response.status != 200:
                     raise error_from_openai_body(
                         response.status, raw, response.headers.get("Retry-After")
@@ -196,3 +202,19 @@ class HttpNeuronClient:
             return json.loads(raw)
         except ValueError:
             raise self._invalid(path, "not JSON") from None
+
+
+def memory_refusal(raw: bytes) -> InsufficientMemory:
+    """A neuron's 507 as the typed error the scheduler re-plans on (the numbers too,
+    where the neuron sent them), never a relayed status passed on to the client."""
+    try:
+        detail = json.loads(raw).get("error")
+        refusal = MemoryRefusal.model_validate(detail)
+    except (ValueError, AttributeError, ValidationError):
+        refusal = MemoryRefusal()
+    return InsufficientMemory(
+        refusal.message or "the node has no memory left for this model",
+        need_mb=refusal.need_mb,
+        free_mb=refusal.free_mb,
+        device=refusal.device,
+    )

@@ -13,6 +13,14 @@ goes into the fleet through ``Fleet.record_*``.
 
 Only usable nodes (up, and speaking this gateway's contract) are routed to,
 asked for estimates or placed on.
+
+Other gateways may share the fleet, so this one's picture is never the whole truth:
+before a cold load it re-reads the eligible nodes' ``/status``; a load of the model
+already under way on one of them (another gateway's) is joined there, not started
+again; and a node may still refuse a load (507 ``insufficient_memory``: the neuron
+arbitrates its own memory) when another gateway took the memory first. Then the
+plan is made again from the refused node's fresh state: another node, or eviction
+there. A node that refuses twice is given up on for that load.
 """
 
 from __future__ import annotations
@@ -51,6 +59,10 @@ from cortex.spec import ModelSpec
 log = logging.getLogger("cortex.gateway.scheduler")
 
 Refresh = Callable[[str], Awaitable[None]]
+
+# Refusals a node may give one load before it is given up on: the first may come from
+# a picture of it that was stale; a second, from a fresh one, means it is truly full.
+REFUSALS_PER_NODE = 2
 
 
 class Scheduler:
@@ -208,10 +220,15 @@ class Scheduler:
     async def _load(
         self, profile: ModelSpec, exclude: frozenset[str], only: str | None = None
     ) -> Node:
+        await self._refresh_eligible(profile, exclude, only)
+        joined = await self._join_load_under_way(profile, exclude, only)
+        if joined is not None:
+            return joined
         need_mb = await self._need_mb(profile, exclude, only)
         failed = set(exclude)
+        refused: dict[str, int] = {}
         last_error: CortexError | None = None
-        for _ in range(len(self._fleet.nodes)):
+        for _ in range(REFUSALS_PER_NODE * len(self._fleet.nodes)):
             plan = self._plan(profile, need_mb, failed, only, last_error)
             node = self._fleet.nodes[plan.node]
             node.reserved_mb[plan.device] = node.reserved_mb.get(plan.device, 0) + need_mb
@@ -220,13 +237,22 @@ class Scheduler:
             try:
                 for victim in plan.evict:
                     await self._unload(node, victim, reason="capacity")
-                status = await self._clients[node.name].load(profile)
-            except (InsufficientMemory, NeuronUnreachable) as exc:
-                # our picture of that node was wrong or it went away: try the next best
+                answer = await self._clients[node.name].load(profile)
+            except InsufficientMemory as exc:
+                # the node's memory went elsewhere (another gateway's load, most likely):
+                # plan again from its fresh state, read in ``finally``
+                self._metrics.loads.labels(profile.id, node.name, "refused").inc()
+                log.warning("load model=%s node=%s refused: %s", profile.id, node.name, exc)
+                refused[node.name] = refused.get(node.name, 0) + 1
+                if refused[node.name] >= REFUSALS_PER_NODE:
+                    failed.add(node.name)
+                last_error = exc
+                continue
+            except NeuronUnreachable as exc:
+                # the node went away: try the next best
                 self._metrics.loads.labels(profile.id, node.name, "error").inc()
                 log.warning("load model=%s node=%s failed: %s", profile.id, node.name, exc)
-                if isinstance(exc, NeuronUnreachable):
-                    self._fleet.mark_down(node.name, exc.message)
+                self._fleet.mark_down(node.name, exc.message)
                 failed.add(node.name)
                 last_error = exc
                 continue
@@ -239,21 +265,61 @@ class Scheduler:
                     await self._refresh(node.name)
                 node.reserved_mb[plan.device] -= need_mb
             seconds = time.perf_counter() - started
-            self._fleet.record_model(node.name, status)
-            self._metrics.loads.labels(profile.id, node.name, "ok").inc()
+            self._fleet.record_model(node.name, answer)
+            result = "joined" if answer.outcome == "joined" else "ok"
+            self._metrics.loads.labels(profile.id, node.name, result).inc()
             self._metrics.load_duration.labels(profile.id, node.name).observe(seconds)
             log.info(
-                "loaded model=%s node=%s need_mb=%d evicted=%s seconds=%.2f",
+                "loaded model=%s node=%s need_mb=%d evicted=%s outcome=%s seconds=%.2f",
                 profile.id,
                 node.name,
                 need_mb,
                 ",".join(plan.evict) or "-",
+                answer.outcome,
                 seconds,
             )
             if plan.evict:
                 self._count_eviction_cycle()
             return node
         raise last_error or Unavailable(f"No node could load '{profile.id}'.", retry_after_s=5)
+
+    async def _refresh_eligible(
+        self, profile: ModelSpec, exclude: frozenset[str], only: str | None
+    ) -> None:
+        """Re-read the nodes a load may use: other gateways may have loaded, started
+        loading or unloaded models there since the last poll."""
+        names = [node.name for node in self._eligible(profile, exclude, only)]
+        await asyncio.gather(*(self._refresh(name) for name in names), return_exceptions=True)
+
+    async def _join_load_under_way(
+        self, profile: ModelSpec, exclude: frozenset[str], only: str | None
+    ) -> Node | None:
+        """Where an eligible node is already loading the model (another gateway started
+        it), wait on that load there: the neuron joins the call to it. None when no
+        node is loading it, or the one that was is gone (then this gateway loads it)."""
+        for node in self._eligible(profile, exclude, only):
+            if node.phase(profile.id) is not ModelState.LOADING:
+                continue
+            started = time.perf_counter()
+            try:
+                answer = await self._clients[node.name].load(profile)
+            except NeuronUnreachable as exc:
+                self._fleet.mark_down(node.name, exc.message)
+                return None
+            except CortexError:
+                self._metrics.loads.labels(profile.id, node.name, "error").inc()
+                raise  # the load joined failed: so would this one
+            self._fleet.record_model(node.name, answer)
+            self._metrics.loads.labels(profile.id, node.name, "joined").inc()
+            log.info(
+                "loaded model=%s node=%s outcome=%s seconds=%.2f",
+                profile.id,
+                node.name,
+                answer.outcome,
+                time.perf_counter() - started,
+            )
+            return node
+        return None
 
     def _plan(
         self,

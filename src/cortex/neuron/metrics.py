@@ -66,6 +66,18 @@ class NeuronMetrics:
             ["model", "kind"],
             registry=self.registry,
         )
+        self.model_loads = Counter(
+            "neuron_model_loads",
+            "Loads this node ran, by result: ok, failed, or refused (no memory left for it)",
+            ["model", "result"],
+            registry=self.registry,
+        )
+        self.load_joins = Counter(
+            "neuron_model_load_joins",
+            "Load calls that joined a load of the same model already under way",
+            ["model"],
+            registry=self.registry,
+        )
         self.engine_restarts = Counter(
             "neuron_engine_restarts",
             "Engine processes started again after a fault",

@@ -29,6 +29,7 @@ from cortex.protocol.neuron import (
     FaultRequest,
     GenerationReport,
     Health,
+    LoadAnswer,
     ModelList,
     NodeStatus,
     TokenCount,
@@ -64,13 +65,13 @@ async def status(request: Request) -> Response:
         NodeStatus(
             node=request.app.state.settings.name,
             devices=manager.devices_status(),
-            models=[model.status() for model in manager.models()],
+            models=manager.statuses(),
         )
     )
 
 
 async def list_models(request: Request) -> Response:
-    return _wire(ModelList(models=[model.status() for model in _manager(request).models()]))
+    return _wire(ModelList(models=_manager(request).statuses()))
 
 
 async def openai_models(request: Request) -> Response:
@@ -82,9 +83,12 @@ async def openai_models(request: Request) -> Response:
 
 
 async def load_model(request: Request) -> Response:
+    """200 once the model is ready, whether this call loaded it, joined a load under way
+    (``outcome``) or found it; 507 with the numbers when it does not fit what is left."""
     spec = parse_body(ModelSpec, await _body(request))
-    model = await _manager(request).load(spec)
-    return _wire(model.status())
+    model, outcome = await _manager(request).load_or_join(spec)
+    status = model.status()
+    return _wire(LoadAnswer(**status.model_dump(), outcome=outcome))
 
 
 async def estimate_model(request: Request) -> Response:

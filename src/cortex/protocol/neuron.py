@@ -20,7 +20,10 @@ from cortex.spec import ModelSpec, SamplingDefaults
 
 # 1.1: ModelStatus.prefix_digest (1.0 neurons report none; routing then falls back to
 # what this gateway itself sent where, and to least-loaded).
-CONTRACT_VERSION = "1.1"
+# 1.2: LoadAnswer.outcome (a load of a model already loading joins it); a 507 from
+# /models/load carries MemoryRefusal's numbers; a load still fetching its files is
+# listed in /status as ``loading`` on no device yet.
+CONTRACT_VERSION = "1.2"
 
 
 def contract_major(version: str) -> str:
@@ -136,7 +139,30 @@ class ModelList(_Wire):
     models: list[ModelStatus]
 
 
-# --- POST /models/load (body: cortex.spec.ModelSpec; answer: ModelStatus) --------------
+# --- POST /models/load (body: cortex.spec.ModelSpec; answer: LoadAnswer) ---------------
+
+# What a load call did: started the load and saw it through, joined a load of the same
+# spec already under way (another gateway's: both wait on the one load), or found the
+# model already there. A neuron older than 1.2 sends none: "loaded".
+LoadOutcome = Literal["loaded", "joined", "present"]
+
+
+class LoadAnswer(ModelStatus):
+    """The loaded model (``ModelStatus``, so older readers parse it as before), and how."""
+
+    outcome: LoadOutcome = "loaded"
+
+
+class MemoryRefusal(_Wire):
+    """The error object of a 507 ``insufficient_memory`` from ``/models/load``: the node
+    checked the load against what is left now, loads under way counted, and refused it.
+    The numbers may be absent from a neuron older than 1.2."""
+
+    message: str = ""
+    code: str | None = None
+    need_mb: int | None = None  # the load's estimate
+    free_mb: int | None = None  # what the device had left for it
+    device: str | None = None
 
 
 # --- POST /models/estimate (body: ModelSpec) ---------------------------------------------

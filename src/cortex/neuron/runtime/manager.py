@@ -14,6 +14,13 @@ task (one per model, never on a request's path) starts a new engine process from
 the retained spec; the new engine passes its canary before the model is ready
 again. A failed reload leaves the model unloaded; the next load starts afresh.
 Other models, in other processes, never notice.
+
+The node is the arbiter of its own memory, whoever asks (several gateways may):
+loads run one at a time under the manager's lock, and each is checked against what
+the device has left right then, the models loaded and loading counted at their
+estimates; one that does not fit is refused (507 ``insufficient_memory``, with the
+numbers) before anything is allocated. A load of a model already under way is joined,
+not started again: every caller waits on the one load and sees its outcome.
 """
 
 from __future__ import annotations
@@ -41,7 +48,13 @@ from cortex.neuron.files.sources import headers_of, prepare_source
 from cortex.neuron.metrics import NeuronMetrics
 from cortex.neuron.runtime.devices import Device, read_memory
 from cortex.neuron.runtime.engine_process import EngineExit, EngineLoadFailed, EngineProcess
-from cortex.protocol.neuron import DeviceStatus, EngineFaultStatus, ModelState, ModelStatus
+from cortex.protocol.neuron import (
+    DeviceStatus,
+    EngineFaultStatus,
+    LoadOutcome,
+    ModelState,
+    ModelStatus,
+)
 from cortex.protocol.prefix_digest import PrefixSet
 from cortex.spec import ModelSpec, SamplingDefaults
 
@@ -145,6 +158,30 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class PendingLoad:
+    """A load under way: its spec, the task running it (every caller awaits this one)."""
+
+    spec: ModelSpec
+    task: asyncio.Task[LoadedModel]
+    since: float = field(default_factory=time.time)
+
+    def status(self) -> ModelStatus:
+        """How ``/status`` shows a load still fetching its files: loading, on no device
+        and counting no memory yet (the estimate comes with the files)."""
+        return ModelStatus(
+            id=self.spec.id,
+            state=ModelState.LOADING,
+            spec=self.spec,
+            devices=[],
+            memory_mb=0,
+            context_length=None,
+            in_flight=0,
+            queued=0,
+            last_used=self.since,
+        )
+
+
+@dataclass(frozen=True)
 class ServingModel:
     """A ready model as request handlers hold it: its engine is never None, and a
     recovery that swaps the engine does not change the one a request is using."""
@@ -241,6 +278,7 @@ class ModelManager:
         self._lock = asyncio.Lock()  # loads, unloads and recoveries one at a time
         self._watchdog: asyncio.Task[None] | None = None
         self._recoveries: dict[str, asyncio.Task[None]] = {}
+        self._loads: dict[str, PendingLoad] = {}  # by model id, until the load ends
         self._metrics.watch_states(lambda: [(m.id, m.state.value) for m in self.models()])
 
     @property
@@ -255,6 +293,11 @@ class ModelManager:
 
     def models(self) -> list[LoadedModel]:
         return list(self._models.values())
+
+    def statuses(self) -> list[ModelStatus]:
+        """Every model here, loads still fetching their files included (as ``loading``)."""
+        fetching = [p.status() for p in self._loads.values() if p.spec.id not in self._models]
+        return [model.status() for model in self._models.values()] + fetching
 
     def ready(self, model_id: str) -> ServingModel:
         """The model if it can serve now, else the error saying why not."""
@@ -286,23 +329,51 @@ class ModelManager:
     # -- lifecycle ---------------------------------------------------------------
 
     async def load(self, spec: ModelSpec) -> LoadedModel:
+        model, _ = await self.load_or_join(spec)
+        return model
+
+    async def load_or_join(self, spec: ModelSpec) -> tuple[LoadedModel, LoadOutcome]:
+        """The model of ``spec`` once ready, and whether this call loaded it, joined a
+        load already under way, or found it present. Which one is decided with no
+        ``await`` before the load is registered, so two callers never both start it."""
+        pending = self._loads.get(spec.id)
+        if pending is not None and not pending.task.done():
+            _same_spec(pending.spec, spec)
+            self._metrics.load_joins.labels(spec.id).inc()
+            log.info("load model=%s joined the load under way", spec.id)
+            # shield: a caller giving up must not cancel the load the others wait on
+            return await asyncio.shield(pending.task), "joined"
+        existing = self._models.get(spec.id)
+        if existing is not None:
+            _same_spec(existing.spec, spec)
+            return existing, "present"
+        task = asyncio.create_task(self._load(spec), name=f"load-{spec.id}")
+        self._loads[spec.id] = PendingLoad(spec, task)
+        task.add_done_callback(lambda done: self._load_ended(spec.id, done))
+        return await asyncio.shield(task), "loaded"
+
+    def _load_ended(self, model_id: str, task: asyncio.Task[LoadedModel]) -> None:
+        pending = self._loads.get(model_id)
+        if pending is not None and pending.task is task:
+            del self._loads[model_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here: every caller may have left
+
+    async def _load(self, spec: ModelSpec) -> LoadedModel:
         # Preflight (422 for what this node can never serve) and any download run before
         # the lock: a long download must not hold up other loads, unloads and recoveries.
-        path = None if spec.id in self._models else await self._prepare(spec)
+        path = await self._prepare(spec)
         async with self._lock:
-            existing = self._models.get(spec.id)
-            if existing is not None:
-                if existing.spec.model_dump() != spec.model_dump():
-                    raise InvalidRequest(
-                        f"model '{spec.id}' is already loaded with a different spec; "
-                        "unload it first"
-                    )
-                return existing
-            path = path or await self._prepare(spec)  # unloaded while this load waited
             estimate = await asyncio.to_thread(self._files.estimate, path, spec)
             file_sampling = await asyncio.to_thread(self._files.sampling_defaults, path)
             device = self._pick_device()
-            self._check_fits(device, estimate.total_mb, spec)
+            try:
+                # under the lock and with no await before the model is registered: the
+                # check and the claim on the memory are one step
+                self._check_fits(device, estimate.total_mb, spec, count_free=True)
+            except InsufficientMemory:
+                self._metrics.model_loads.labels(spec.id, "refused").inc()
+                raise
             model = LoadedModel(
                 spec=spec,
                 device=device,
@@ -320,8 +391,10 @@ class ModelManager:
                 model.engine = await self._start_engine(model)
             except BaseException:
                 self._models.pop(spec.id, None)
+                self._metrics.model_loads.labels(spec.id, "failed").inc()
                 raise
             model.state = ModelState.READY
+            self._metrics.model_loads.labels(spec.id, "ok").inc()
             log.info(
                 "loaded model=%s device=%s memory_mb=%d pid=%s seconds=%.2f",
                 spec.id,
@@ -349,7 +422,8 @@ class ModelManager:
 
     async def close(self) -> None:
         """Stop watching and recovering, and unload every model (their processes end)."""
-        tasks = [t for t in (self._watchdog, *self._recoveries.values()) if t is not None]
+        loads = [pending.task for pending in self._loads.values()]
+        tasks = [t for t in (self._watchdog, *self._recoveries.values(), *loads) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -536,15 +610,29 @@ class ModelManager:
         granted = sum(m.kv_host_cache_mb or 0 for m in self._models.values())
         return max(0, min(spec.kv_host_cache_mb, self._host_cache_mb - granted))
 
-    def _check_fits(self, device: Device, need_mb: int, spec: ModelSpec) -> None:
-        if self._budget_mb is None:
-            return
-        left = self._budget_mb - self._used_mb(device, exclude=spec.id)
-        if need_mb > left:
+    def _check_fits(
+        self, device: Device, need_mb: int, spec: ModelSpec, *, count_free: bool = False
+    ) -> None:
+        """507 unless ``need_mb`` fits what ``device`` has left: the node's budget less
+        the models counted on it and, with ``count_free`` (a new load), the memory the
+        device has free now (the models there already hold theirs; a load under way
+        cannot, loads being one at a time)."""
+        left = None
+        why = ""
+        if self._budget_mb is not None:
+            left = self._budget_mb - self._used_mb(device, exclude=spec.id)
+            why = f" of the node's {self._budget_mb} MB budget"
+        if count_free:
+            free = read_memory(device).free_mb
+            if left is None or free < left:
+                left, why = free, " free"
+        if left is not None and need_mb > left:
             raise InsufficientMemory(
-                f"model '{spec.id}' needs about {need_mb} MB on {device.id} but only {left} MB "
-                f"of the node's {self._budget_mb} MB budget is left",
-                code="insufficient_memory",
+                f"model '{spec.id}' needs about {need_mb} MB on {device.id} but only {left} MB"
+                f"{why} is left",
+                need_mb=need_mb,
+                free_mb=max(0, left),
+                device=device.id,
             )
 
 
@@ -554,3 +642,11 @@ def _estimate_from_headers(spec: ModelSpec) -> MemoryEstimate:
     with headers_of(spec) as path:
         engine_for(path)  # the same refusal a load would give for an unservable file
         return estimate_memory(path, spec)
+
+
+def _same_spec(held: ModelSpec, asked: ModelSpec) -> None:
+    """A second load of a model id must ask for what the first did."""
+    if held.model_dump() != asked.model_dump():
+        raise InvalidRequest(
+            f"model '{asked.id}' is already loaded with a different spec; unload it first"
+        )
