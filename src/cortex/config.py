@@ -78,6 +78,10 @@ class GatewaySection(BaseModel):
     # "postgresql://user:pass@host:port/db" where several gateways share one.
     state_dir: Path | None = None
     database_url: str | None = Field(default=None, repr=False)
+    # Responses API (store: true): how long a response stays retrievable and usable as a
+    # previous_response_id, and how many are kept at most (the oldest go first).
+    responses_ttl_s: float = Field(default=30 * 24 * 3600, gt=0)
+    responses_max_stored: int = Field(default=10_000, ge=1)
 
     @field_validator("database_url")
     @classmethod

@@ -30,7 +30,8 @@ from cortex.gateway.neuron_client import ClientFactory, HttpNeuronClient
 from cortex.gateway.poller import Poller
 from cortex.gateway.proxy import Proxy
 from cortex.gateway.recording import RequestRecorder
-from cortex.gateway.routes import admin, anthropic, ollama, openai, ui
+from cortex.gateway.response_store import ResponseStore
+from cortex.gateway.routes import admin, anthropic, ollama, openai, responses, ui
 from cortex.gateway.scheduler import Scheduler
 from cortex.gateway.state import GatewayState
 from cortex.gateway.stats import RecentRequests
@@ -45,6 +46,10 @@ ROUTES = [
     Route("/v1/messages", anthropic.messages, methods=["POST"]),
     Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
     Route("/v1/models", openai.list_models, methods=["GET"]),
+    # OpenAI's Responses API (docs/responses.md)
+    Route("/v1/responses", responses.create, methods=["POST"]),
+    Route("/v1/responses/{response_id}", responses.stored, methods=["GET", "DELETE"]),
+    Route("/v1/responses/{response_id}/input_items", responses.input_items, methods=["GET"]),
     # Ollama's API (docs/ollama.md)
     Route("/api/chat", ollama.chat, methods=["POST"]),
     Route("/api/generate", ollama.generate, methods=["POST"]),
@@ -93,6 +98,12 @@ def create_app(
             auto_decompress=False,
         )
         database = Database.open(config.gateway.database_url, config.gateway.state_dir)
+        stored = ResponseStore(
+            database,
+            ttl_s=config.gateway.responses_ttl_s,
+            max_stored=config.gateway.responses_max_stored,
+        )
+        await stored.migrate()
         fleet = Fleet(config.neurons, config.gateway.down_after_misses)
         for name, restarts in (supervised or {}).items():
             fleet.nodes[name].restarts = restarts
@@ -122,6 +133,7 @@ def create_app(
             metrics=metrics,
             recent=recent,
             database=database,
+            responses=stored,
         )
         tasks: list[asyncio.Task[None]] = []
 
@@ -145,6 +157,7 @@ def create_app(
                     await task
             await scheduler.close()
             await session.close()
+            await stored.close()
             await database.close()
 
     return Starlette(

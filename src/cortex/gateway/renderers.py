@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from cortex.errors import CortexError, UpstreamError
 from cortex.gateway.recording import record
+from cortex.protocol import openai_responses as rs
 from cortex.protocol.errors import anthropic_error_body, openai_error_body
 from cortex.protocol.ollama import error_line
 from cortex.protocol.sse import data_frame, data_of, event_frame
 from cortex.translate.ollama import Kind, OllamaStream, Timings
+from cortex.translate.openai_responses_stream import ResponseStream
+from cortex.translate.openai_responses_stream import encode_event as encode_response_event
 from cortex.translate.streams import StreamTranslator, chunk_error, encode_event
 
 
@@ -100,6 +103,43 @@ class AnthropicRenderer(_ServerSentEvents):
         if self._translator is None:  # failed before the upstream answered
             return event_frame("error", json.dumps(anthropic_error_body(error)).encode())
         return b"".join(encode_event(e) for e in self._translator.fail(error))
+
+
+class ResponsesRenderer(_ServerSentEvents):
+    """OpenAI chunks in, OpenAI Responses events out; one per request. ``on_final`` gets
+    the final response (completed, incomplete or failed) once the stream has ended."""
+
+    def __init__(
+        self,
+        stream: ResponseStream,
+        on_final: Callable[[rs.Response], None] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._on_final = on_final
+        self._prompt_tokens = 0
+
+    def start(self, prompt_tokens: int) -> None:
+        self._prompt_tokens = prompt_tokens
+
+    def event(self, event: bytes) -> bytes:
+        payload = data_of(event)
+        if payload is None:  # a comment: the neuron's report
+            return b""
+        events = self._stream.start(self._prompt_tokens)  # nothing once started
+        if payload == b"[DONE]":
+            events += self._stream.finish()
+        else:
+            events += self._stream.feed(_chunk(payload))
+        return self._rendered(events)
+
+    def error(self, error: CortexError) -> bytes:
+        return self._rendered(self._stream.fail(error))
+
+    def _rendered(self, events: list[rs.StreamEvent]) -> bytes:
+        if self._stream.final is not None and self._on_final is not None:
+            on_final, self._on_final = self._on_final, None
+            on_final(self._stream.final)
+        return b"".join(encode_response_event(e) for e in events)
 
 
 class OllamaRenderer:

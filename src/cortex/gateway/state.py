@@ -13,6 +13,7 @@ from cortex.gateway.database import Database
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.proxy import Proxy
+from cortex.gateway.response_store import ResponseStore
 from cortex.gateway.scheduler import Scheduler
 from cortex.gateway.stats import RecentRequests
 
@@ -28,6 +29,7 @@ class GatewayState:
     metrics: GatewayMetrics
     recent: RecentRequests
     database: Database
+    responses: ResponseStore  # the Responses API's stored responses
 
 
 def state_of(request: Request) -> GatewayState:
