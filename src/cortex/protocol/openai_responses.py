@@ -203,6 +203,7 @@ OutputItem = Annotated[
 
 class InputTokensDetails(BaseModel):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # the neuron's prefix cache needs no paid write
 
 
 class OutputTokensDetails(BaseModel):

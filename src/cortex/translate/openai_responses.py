@@ -328,19 +328,29 @@ def to_response(
     calls = message.get("tool_calls") or []
     if text.strip() or (not calls and not items):  # whitespace before a call is no answer
         items.append(message_item(base.id, len(items), text))
+    used: set[str] = set()
     for index, call in enumerate(calls):
         function = call.get("function") or {}
         items.append(
             call_item(
                 base.id,
                 len(items),
-                call_id=call.get("id") or item_id("call", base.id, index),
+                call_id=call_id(call.get("id"), used, base.id, index),
                 name=function.get("name") or "",
                 arguments=function.get("arguments") or "{}",
                 namespace=(names or {}).get(function.get("name") or ""),
             )
         )
     return finished(base, items, choice.get("finish_reason"), completion.get("usage"))
+
+
+def call_id(backend_id: str | None, used: set[str], response_id: str, index: int) -> str:
+    """The call's id as the backend named it, unless it named none or one already taken
+    in this response (clients tell calls apart by it: the SDK refuses a repeated one)."""
+    chosen = backend_id if backend_id and backend_id not in used else None
+    chosen = chosen or item_id("call", response_id, index)
+    used.add(chosen)
+    return chosen
 
 
 def message_item(response_id: str, index: int, text: str) -> rs.OutputMessage:

@@ -34,6 +34,7 @@ from cortex.errors import CortexError, UpstreamError
 from cortex.protocol import openai_responses as rs
 from cortex.protocol.sse import event_frame
 from cortex.translate.openai_responses import (
+    call_id,
     call_item,
     finished,
     item_id,
@@ -55,6 +56,7 @@ class _Tool:
     index: int
     id: str | None = None
     name: str | None = None
+    call_id: str = ""  # the id the client sees, chosen when its item opens
     held: list[str] = field(default_factory=list)  # argument fragments before the name
     opened: bool = False
     closed: bool = False
@@ -87,6 +89,7 @@ class ResponseStream:
         self._items: list[rs.OutputItem] = []  # closed ones
         self._open: _Open | None = None
         self._tools: dict[int, _Tool] = {}
+        self._call_ids: set[str] = set()
         self._splitter = ThinkSplitter()
         self._blank = ""  # whitespace waiting to see whether a message follows
         self._finish_reason: str | None = None
@@ -226,6 +229,7 @@ class ResponseStream:
             self._open_tool(tool)
 
     def _open_tool(self, tool: _Tool) -> None:
+        tool.call_id = call_id(tool.id, self._call_ids, self._base.id, tool.index)
         self._begin("function_call", tool)
         tool.opened = True
         held, tool.held = "".join(tool.held), []
@@ -299,7 +303,7 @@ class ResponseStream:
         return call_item(
             self._base.id,
             opened.index,
-            call_id=tool.id or item_id("call", self._base.id, tool.index),
+            call_id=tool.call_id,
             name=tool.name or "",
             arguments=opened.text or "{}",
             namespace=self._names.get(tool.name or ""),
