@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _SOURCE = re.compile(r"^(hf|file|pkg):.+$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -55,6 +55,14 @@ class ModelSpec(BaseModel):
     # conversation stays cached across an unload, a crash and a restart.
     kv_disk_cache_mb: int = Field(default=2048, ge=0)
     pinned: bool = False
+    # Copies of the model the gateway runs (gateway/replicas.py): min_replicas > 1 keeps
+    # that many warm on different nodes; up to max_replicas while its queue stays deeper
+    # than max_batch for scale_up_after_s; a copy beyond min idle for scale_down_after_s
+    # is retired. The defaults are one copy, loaded on demand.
+    min_replicas: int = Field(default=1, ge=1, le=64)
+    max_replicas: int = Field(default=1, ge=1, le=64)
+    scale_up_after_s: float = Field(default=10, ge=0)
+    scale_down_after_s: float = Field(default=300, gt=0)
     priority: int = 50
     nodes: list[str] = Field(default_factory=list)
     aliases: list[str] = Field(default_factory=list)
@@ -73,6 +81,16 @@ class ModelSpec(BaseModel):
     # Sampling for the fields a request leaves out, over the model file's own
     # recommendation (generation_config.json, GGUF general.sampling.*).
     sampling: SamplingDefaults | None = None
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> ModelSpec:
+        if "max_replicas" not in self.model_fields_set:  # min_replicas = 2 alone means 2
+            self.max_replicas = max(self.max_replicas, self.min_replicas)
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})"
+            )
+        return self
 
     @field_validator("id")
     @classmethod
