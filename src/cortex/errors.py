@@ -15,6 +15,7 @@ which ``error_handlers.py`` answers with (and a stream ends with, in band).
     ├── ModelNotFound              404 no model or alias by that name
     ├── RequestTooLarge            413 body over the size limit
     ├── Overloaded                 429 queue full (Retry-After)
+    ├── RateLimited                429 a key's own limit or budget (Retry-After)
     ├── InsufficientMemory         507 the model does not fit what is left
     ├── UpstreamError              502 a neuron failed or answered garbage
     └── Unavailable                503 nothing can serve it now (Retry-After)
@@ -32,6 +33,7 @@ ErrorKind = Literal[
     "not_found",
     "too_large",
     "overloaded",
+    "rate_limited",
     "insufficient_memory",
     "upstream",
     "unavailable",
@@ -172,6 +174,23 @@ class RequestTooLarge(CortexError):
 class Overloaded(CortexError):
     status = 429
     kind = "overloaded"
+
+
+class RateLimited(CortexError):
+    """A virtual key is over one of its limits (rpm, tpm, parallel) or its budget.
+    ``reason`` says which, for logs and ``cortex_rate_limited_total``."""
+
+    status = 429
+    kind = "rate_limited"
+
+    def __init__(self, message: str, *, reason: str, retry_after_s: float) -> None:
+        code = "insufficient_quota" if reason == "budget" else "rate_limit_exceeded"
+        super().__init__(message, code=code, retry_after_s=retry_after_s)
+        self.limit = reason
+
+    @property
+    def reason(self) -> str:
+        return self.limit
 
 
 class InsufficientMemory(CortexError):

@@ -12,6 +12,7 @@ _OPENAI_TYPE = {
     "not_found": "not_found_error",
     "too_large": "invalid_request_error",
     "overloaded": "rate_limit_error",
+    "rate_limited": "rate_limit_error",
     "insufficient_memory": "insufficient_memory_error",
     "upstream": "api_error",
     "unavailable": "service_unavailable_error",
@@ -25,6 +26,7 @@ _ANTHROPIC_TYPE = {
     "too_large": "request_too_large",
     # Anthropic keeps 429 for a key's rate limit; a full server is 529 overloaded_error.
     "overloaded": "overloaded_error",
+    "rate_limited": "rate_limit_error",  # a key's own limit: 429, as Anthropic answers it
     "insufficient_memory": "api_error",
     "upstream": "api_error",
     "unavailable": "overloaded_error",
