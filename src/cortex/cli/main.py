@@ -15,6 +15,8 @@ import httpx
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
+from cortex.cli.client import admin_headers, call
+from cortex.cli.keys import add_parsers as add_key_parsers
 from cortex.config import (
     ConfigError,
     GatewayConfig,
@@ -149,25 +151,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gateway_headers() -> dict[str, str]:
-    key = os.environ.get("CORTEX_API_KEY")
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
-    url = args.gateway.rstrip("/") + path
-    try:
-        response = httpx.request(method, url, headers=_gateway_headers(), timeout=1800, **kwargs)
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"cortex: cannot reach the gateway at {args.gateway}: {exc}") from exc
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"error": {"message": response.text}}
-    if response.status_code != 200:
-        message = (body.get("error") or {}).get("message", response.text)
-        raise SystemExit(f"cortex: {response.status_code}: {message}")
-    return body
+def _call(
+    args: argparse.Namespace, method: str, path: str, *, admin: bool = True, **kwargs: Any
+) -> Any:
+    """``admin``: an admin route, which takes the admin token (``cli.client``)."""
+    return call(args, method, path, admin=admin, **kwargs)
 
 
 class InvalidAnswer(Exception):
@@ -184,9 +172,11 @@ def _parse(answer_type: type[M], path: str, body: Any) -> M:
         ) from None
 
 
-def _call_typed(args: argparse.Namespace, answer_type: type[M], path: str) -> tuple[M, Any]:
+def _call_typed(
+    args: argparse.Namespace, answer_type: type[M], path: str, *, admin: bool = True
+) -> tuple[M, Any]:
     """``GET path`` parsed as ``answer_type``, and the JSON as it came (for ``--json``)."""
-    body = _call(args, "GET", path)
+    body = _call(args, "GET", path, admin=admin)
     try:
         return _parse(answer_type, path, body), body
     except InvalidAnswer as exc:
@@ -224,7 +214,8 @@ def _watch_status(args: argparse.Namespace) -> int:
             while True:
                 error = None
                 try:
-                    response = httpx.get(url, headers=_gateway_headers(), timeout=max(2, interval))
+                    headers = admin_headers(args)
+                    response = httpx.get(url, headers=headers, timeout=max(2, interval))
                     if response.status_code == 200:
                         fleet = _parse(FleetView, "/fleet", response.json())
                         updated_at = time.time()
@@ -257,7 +248,7 @@ def _error_message(response: httpx.Response) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from cortex.cli.views import render_models
 
-    models, raw = _call_typed(args, ModelListing, "/v1/models")
+    models, raw = _call_typed(args, ModelListing, "/v1/models", admin=False)  # an API route
     if args.json:
         print(json.dumps(raw, indent=2))
     else:
@@ -303,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--json", action="store_true", help="machine-readable output")
         cmd.set_defaults(run=run)
         if name == "status":
+            cmd.add_argument("--admin-token", help="the admin token ($CORTEX_ADMIN_TOKEN)")
             cmd.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
             cmd.add_argument(
                 "--interval", type=float, default=2.0, help="seconds between refreshes (--watch)"
@@ -315,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("model")
         cmd.add_argument("--node", help="only on this node")
         cmd.add_argument("--gateway", default=gateway_default, help="gateway URL")
+        cmd.add_argument("--admin-token", help="the gateway's admin token ($CORTEX_ADMIN_TOKEN)")
         cmd.set_defaults(run=run)
+    add_key_parsers(sub, gateway_default)
     return parser
 
 
