@@ -235,8 +235,11 @@ class Gateway(Process):
         wait_for_models: set[str] | None = None,
         cwd: Path | None = None,
         api_key: str | None = None,
+        admin_token: str | None = None,
     ) -> None:
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # /fleet takes the admin token where there is one (else a cortex.toml key)
+        credential = admin_token or api_key
+        self._headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.port = free_port()
         self.metrics_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

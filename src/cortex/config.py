@@ -60,6 +60,11 @@ class GatewaySection(BaseModel):
     ollama_listen: str | None = None
     # Secrets stay out of reprs, so a logged config does not leak them.
     api_keys: list[str] = Field(default_factory=list, repr=False)
+    # Opens the admin routes (/fleet, /admin, /debug), and is no API key; else
+    # $CORTEX_ADMIN_TOKEN. docs/keys.md says who may call what.
+    admin_token: str | None = Field(default=None, repr=False)
+    # /ui (and the metrics listener) behind the admin token too
+    protect_ui: bool = False
     poll_interval_s: float = Field(default=2, gt=0)
     down_after_misses: int = Field(default=3, ge=1)
     request_body_limit_mb: int = Field(default=32, ge=1)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from starlette.datastructures import Headers
 from starlette.requests import Request
 
 from cortex.bearer import bearer_token, token_matches
 from cortex.errors import AuthenticationFailed
-from cortex.gateway.auth import ApiKeys
+from cortex.gateway.auth import ANONYMOUS, ApiKeys, static_key_id
 
 
 @pytest.mark.parametrize(
@@ -49,18 +50,26 @@ def _request(**headers: str) -> Request:
         {"x_api_key": "wrong", "authorization": "Bearer sk-one"},  # either may carry it
     ],
 )
-def test_api_keys_accept(headers: dict[str, str]) -> None:
-    ApiKeys(["sk-one", "sk-two"]).check(_request(**headers))
+async def test_api_keys_accept(headers: dict[str, str]) -> None:
+    identity = await ApiKeys(["sk-one", "sk-two"]).authenticate(_request(**headers).headers)
+    assert identity.key_id in (static_key_id("sk-one"), static_key_id("sk-two"))
+    assert "sk-" not in identity.key_id  # an id, never the key
 
 
 @pytest.mark.parametrize(
     "headers",
     [{}, {"authorization": "Bearer wrong"}, {"authorization": "sk-one"}, {"x_api_key": ""}],
 )
-def test_api_keys_refuse(headers: dict[str, str]) -> None:
+async def test_api_keys_refuse(headers: dict[str, str]) -> None:
     with pytest.raises(AuthenticationFailed):
-        ApiKeys(["sk-one", "sk-two"]).check(_request(**headers))
+        await ApiKeys(["sk-one", "sk-two"]).authenticate(_request(**headers).headers)
 
 
-def test_no_keys_no_check() -> None:
-    ApiKeys([]).check(_request())
+async def test_no_keys_no_check() -> None:
+    assert await ApiKeys([]).authenticate(Headers()) is ANONYMOUS
+
+
+def test_a_route_outside_the_gate_is_refused() -> None:
+    """Routes ask ``check``: a request the gate did not see is not let through."""
+    with pytest.raises(AuthenticationFailed):
+        ApiKeys([]).check(_request())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 
@@ -21,10 +22,13 @@ from starlette.routing import Route
 from cortex.config import GatewayConfig, ModelsConfig
 from cortex.error_handlers import error_handlers
 from cortex.errors import Unavailable
-from cortex.gateway.auth import ApiKeys
+from cortex.gateway.auth import ApiKeys, AuthGate
 from cortex.gateway.catalogue import Catalogue
+from cortex.gateway.counters import MinuteCounter
 from cortex.gateway.database import Database
 from cortex.gateway.fleet import Fleet
+from cortex.gateway.keys import KeyStore
+from cortex.gateway.limits import Limiter
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neuron_client import ClientFactory, HttpNeuronClient
 from cortex.gateway.poller import Poller
@@ -32,9 +36,11 @@ from cortex.gateway.proxy import Proxy
 from cortex.gateway.recording import RequestRecorder
 from cortex.gateway.response_store import ResponseStore
 from cortex.gateway.routes import admin, anthropic, ollama, openai, responses, ui
+from cortex.gateway.routes import keys as key_admin
 from cortex.gateway.scheduler import Scheduler
 from cortex.gateway.state import GatewayState
 from cortex.gateway.stats import RecentRequests
+from cortex.gateway.usage import UsageLedger
 
 log = logging.getLogger("cortex.gateway")
 
@@ -70,6 +76,12 @@ ROUTES = [
     Route("/fleet/unload", admin.fleet_unload, methods=["POST"]),
     Route("/fleet/defrag", admin.fleet_defrag, methods=["POST"]),
     Route("/fleet/stats", admin.fleet_stats, methods=["GET"]),
+    Route("/admin/keys", key_admin.create_key, methods=["POST"]),
+    Route("/admin/keys", key_admin.list_keys, methods=["GET"]),
+    Route("/admin/keys/{key_id}", key_admin.show_key, methods=["GET"]),
+    Route("/admin/keys/{key_id}", key_admin.update_key, methods=["PATCH"]),
+    Route("/admin/keys/{key_id}", key_admin.revoke_key, methods=["DELETE"]),
+    Route("/admin/usage", key_admin.usage, methods=["GET"]),
     Route("/ui", ui.page, methods=["GET"]),
     Route("/ui/{asset}", ui.asset, methods=["GET"]),
 ]
@@ -98,6 +110,13 @@ def create_app(
             auto_decompress=False,
         )
         database = Database.open(config.gateway.database_url, config.gateway.state_dir)
+        key_store, usage = KeyStore(database), UsageLedger(database)
+        await key_store.migrate()
+        await usage.migrate()
+        counter = None if database.is_sqlite else MinuteCounter(database)
+        if counter is not None:  # PostgreSQL: rpm counted across the gateways sharing it
+            await counter.migrate()
+        limiter = Limiter(counter.count if counter else None, usage.spent)
         stored = ResponseStore(
             database,
             ttl_s=config.gateway.responses_ttl_s,
@@ -129,10 +148,17 @@ def create_app(
             catalogue=catalogue,
             scheduler=scheduler,
             proxy=proxy,
-            keys=ApiKeys(config.gateway.api_keys),
+            keys=ApiKeys(
+                config.gateway.api_keys,
+                admin_token=admin_token(config),
+                store=key_store,
+                protect_ui=config.gateway.protect_ui,
+            ),
             metrics=metrics,
             recent=recent,
             database=database,
+            limiter=limiter,
+            usage=usage,
             responses=stored,
         )
         tasks: list[asyncio.Task[None]] = []
@@ -146,6 +172,7 @@ def create_app(
             asyncio.create_task(poller.run(), name="poller"),
             asyncio.create_task(scheduler.warm_pinned(), name="warm-pinned"),
             asyncio.create_task(scheduler.run_housekeeping(), name="housekeeping"),
+            asyncio.create_task(usage.run(), name="usage-flush"),
         ]
         try:
             yield
@@ -157,6 +184,7 @@ def create_app(
                     await task
             await scheduler.close()
             await session.close()
+            await usage.close()  # the last requests' usage, after they have all ended
             await stored.close()
             await database.close()
 
@@ -164,8 +192,17 @@ def create_app(
         routes=ROUTES,
         lifespan=lifespan,
         exception_handlers=error_handlers(log),
-        middleware=[Middleware(RequestRecorder, metrics=metrics, recent=recent)],
+        # the recorder outermost: it opens the record the gate then fills in
+        middleware=[
+            Middleware(RequestRecorder, metrics=metrics, recent=recent),
+            Middleware(AuthGate),
+        ],
     )
+
+
+def admin_token(config: GatewayConfig) -> str | None:
+    """``[gateway] admin_token``, else ``$CORTEX_ADMIN_TOKEN``."""
+    return config.gateway.admin_token or os.environ.get("CORTEX_ADMIN_TOKEN") or None
 
 
 # How long after the grace period uvicorn keeps the connections open: enough for the

@@ -19,7 +19,10 @@ from starlette.responses import Response
 
 from cortex.bodies import read_body
 from cortex.disconnect import unless_disconnected
+from cortex.errors import ModelNotFound
 from cortex.gateway.affinity import session_key
+from cortex.gateway.auth import current_identity
+from cortex.gateway.limits import may_use
 from cortex.gateway.proxy import UpstreamRequest
 from cortex.gateway.recording import forwarded_headers, record
 from cortex.gateway.renderers import Renderer
@@ -90,8 +93,13 @@ async def read_request(request: Request, state: GatewayState) -> bytes:
 
 
 def resolve_model(state: GatewayState, name: str) -> str:
-    """The model id a client's name (id or alias) stands for, noted on the request's record."""
+    """The model id a client's name (id or alias) stands for, noted on the request's record.
+    A model the request's key may not use is a 404, as if it did not exist (docs/keys.md)."""
     model_id = state.scheduler.resolve(name)
+    globs = current_identity.get().models
+    if globs and not may_use(globs, model_id, name):
+        known = state.catalogue.ids(state.fleet.loaded_ids())
+        raise ModelNotFound(name, known=[m for m in known if may_use(globs, m)])
     current = record()
     if current is not None:
         current.model = model_id

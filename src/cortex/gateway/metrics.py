@@ -79,3 +79,9 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             "cortex_queue_depth", "Requests waiting for a model", ["model"], registry=registry
         )
+        self.rate_limited = Counter(
+            "cortex_rate_limited_total",
+            "Requests refused for a key's limit (rpm, tpm, parallel) or budget",
+            ["key_id", "reason"],
+            registry=registry,
+        )

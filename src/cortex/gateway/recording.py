@@ -53,6 +53,8 @@ class RequestRecord:
     completion_tokens: int = 0
     upstream_ttft_s: float | None = None  # the neuron's, from its arrival to its first token
     overhead_s: float | None = None  # the gateway's own time, once the response starts
+    cached_tokens: int = 0  # of the prompt, served from the neuron's prefix cache
+    key_id: str = ""  # who sent it (``auth.Identity``): never the key itself
 
     def sending(self, node: str, waited_s: float) -> None:
         self.node = node
@@ -66,6 +68,7 @@ class RequestRecord:
         """Token counts and TTFT as the neuron measured them (``protocol.sse``)."""
         self.prompt_tokens = int(report.get("prompt_tokens") or 0)
         self.completion_tokens = int(report.get("completion_tokens") or 0)
+        self.cached_tokens = int(report.get("cached_tokens") or 0)
         ttft_ms = report.get("ttft_ms")
         self.upstream_ttft_s = ttft_ms / 1000 if isinstance(ttft_ms, int | float) else None
 

@@ -21,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from cortex.errors import CortexError, InvalidRequest
+from cortex.gateway.auth import identity_of
 from cortex.gateway.dispatch import Forward, Resolve, dispatch, read_request, resolve_model
 from cortex.gateway.fleet import Node
+from cortex.gateway.limits import may_use
 from cortex.gateway.renderers import OllamaRenderer, measured
 from cortex.gateway.state import GatewayState, state_of
 from cortex.gateway.views import ollama_running, ollama_show, ollama_tags
@@ -47,7 +49,10 @@ async def version(request: Request) -> Response:
 async def tags(request: Request) -> Response:
     state = state_of(request)
     state.keys.check(request)
-    return _wire(ollama_tags(state))
+    tags = ollama_tags(state)
+    globs = identity_of(request).models  # a key sees only the models it may use
+    tags.models = [m for m in tags.models if may_use(globs, m.name)]
+    return _wire(tags)
 
 
 async def running(request: Request) -> Response:
@@ -60,7 +65,7 @@ async def running(request: Request) -> Response:
 async def show(request: Request) -> Response:
     state = state_of(request)
     named = await _model_request(request, state)
-    return _wire(ollama_show(state, state.scheduler.resolve(named.model_name())))
+    return _wire(ollama_show(state, resolve_model(state, named.model_name())))
 
 
 async def chat(request: Request) -> Response:
@@ -87,7 +92,7 @@ def _keep_alive(state: GatewayState, asked: ol.ChatRequest | ol.GenerateRequest)
     """The model's idle-unload time, as the request asks (or the default, as in Ollama
     where each request sets it); 0 unloads it once this answer is done."""
     seconds = tr.keep_alive_s(asked.keep_alive)
-    state.scheduler.keep_alive_for(state.scheduler.resolve(asked.model), seconds)
+    state.scheduler.keep_alive_for(resolve_model(state, asked.model), seconds)
 
 
 async def _load_or_unload(
@@ -187,7 +192,7 @@ async def pull(request: Request) -> Response:
     while it runs, ``success`` at the end (or ``{"error": ...}``)."""
     state = state_of(request)
     named = await _model_request(request, state)
-    model_id = state.scheduler.resolve(named.model_name())
+    model_id = resolve_model(state, named.model_name())
     if not named.stream:
         await state.scheduler.load(model_id)
         return _wire(ol.Progress(status="success"))
@@ -231,7 +236,7 @@ async def delete(request: Request) -> Response:
     """Models are managed in models.toml, not deleted through the API: a clear 400."""
     state = state_of(request)
     named = await _model_request(request, state)
-    state.scheduler.resolve(named.model_name())  # an unknown model is a 404, as in Ollama
+    resolve_model(state, named.model_name())  # an unknown model is a 404, as in Ollama
     raise InvalidRequest(
         "models are managed in models.toml on the gateway; remove the model's profile "
         "there (POST /fleet/unload or `cortex unload` frees its memory now)."

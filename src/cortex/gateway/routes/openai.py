@@ -7,7 +7,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from cortex.errors import InvalidRequest
+from cortex.gateway.auth import identity_of
 from cortex.gateway.dispatch import Forward, Prepare, Resolve, dispatch
+from cortex.gateway.limits import may_use
 from cortex.gateway.renderers import OpenAIRenderer
 from cortex.gateway.state import state_of
 from cortex.gateway.views import anthropic_model_list, model_entries
@@ -60,7 +62,9 @@ async def embeddings(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     state = state_of(request)
     state.keys.check(request)
+    globs = identity_of(request).models  # a key sees only the models it may use
+    entries = [e for e in model_entries(state) if may_use(globs, e["id"], *e["aliases"])]
     if "anthropic-version" in request.headers:
-        return JSONResponse(anthropic_model_list(model_entries(state)).model_dump())
-    cards = [oa.ModelCard(owned_by="cortex", **entry) for entry in model_entries(state)]
+        return JSONResponse(anthropic_model_list(entries).model_dump())
+    cards = [oa.ModelCard(owned_by="cortex", **entry) for entry in entries]
     return JSONResponse(oa.ModelList(data=cards).model_dump())
