@@ -156,18 +156,20 @@ class ApiKeys:
     async def authenticate(self, headers: Headers) -> Identity:
         """The identity of an API request, or ``AuthenticationFailed``."""
         store = self.store
-        if not self._keys and (store is None or not await store.maybe_refresh_any()):
-            return ANONYMOUS
         # OpenAI's SDKs send a Bearer token, Anthropic's x-api-key (or a Bearer token).
         for token in (headers.get("x-api-key"), bearer_token(headers)):
             if not token:
                 continue
             if self._keys and token_matches(token, self._keys):
                 return Identity(self._static_ids[token])
+            # looked up even before this gateway knows keys exist: one made through
+            # another gateway a moment ago is this key's, with its limits
             if store is not None and token.startswith(KEY_PREFIX):
                 found = await store.lookup(token)
                 if found is not None:
                     return Identity(found.id, found)
+        if not self._keys and (store is None or not await store.maybe_refresh_any()):
+            return ANONYMOUS  # no key anywhere: open, as before keys
         raise _refused(_NO_KEY)
 
 

@@ -174,6 +174,7 @@ class KeyStore:
             self._cache[digest] = (now, found)
         if found is None or not hmac.compare_digest(found.hash, digest):
             return None
+        self.any_keys = True
         return found if found.usable(time.time()) else None
 
     async def create(self, asked: KeyCreate) -> KeyCreated:
