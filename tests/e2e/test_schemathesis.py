@@ -42,9 +42,10 @@ WITH_MODEL = [
     "EmbeddingRequest",
     "MessagesRequest",
     "CountTokensRequest",
+    "ResponsesRequest",
 ]
 # request types that may stream: left optional, "stream" is hardly ever generated
-STREAMING = ["ChatCompletionRequest", "CompletionRequest", "MessagesRequest"]
+STREAMING = ["ChatCompletionRequest", "CompletionRequest", "MessagesRequest", "ResponsesRequest"]
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -69,7 +70,7 @@ def bounded(body: Any, path: str) -> Any:
     """``body`` with its generation capped at ``MAX_TOKENS`` tokens."""
     if not isinstance(body, dict):
         return body
-    for field in ("max_tokens", "max_completion_tokens"):
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         value = body.get(field)
         # 5e8 too: an integral float passes for an int
         if isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_TOKENS:
@@ -78,6 +79,8 @@ def bounded(body: Any, path: str) -> Any:
     unlimited = body.get("max_tokens") is None and body.get("max_completion_tokens") is None
     if path in ("/v1/chat/completions", "/v1/completions") and unlimited:
         body["max_tokens"] = MAX_TOKENS
+    if path == "/v1/responses" and body.get("max_output_tokens") is None:
+        body["max_output_tokens"] = MAX_TOKENS
     return body
 
 

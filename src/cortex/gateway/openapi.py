@@ -27,6 +27,7 @@ from cortex import __version__
 from cortex.protocol import anthropic as an
 from cortex.protocol import fleet
 from cortex.protocol import openai as oa
+from cortex.protocol import openai_responses as rs
 
 Schema = dict[str, Any]
 Dialect = Literal["openai", "anthropic"]
@@ -41,6 +42,7 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (an.MessagesRequest, "validation"),
     (an.CountTokensRequest, "validation"),
     (fleet.FleetRequest, "validation"),
+    (rs.ResponsesRequest, "validation"),
     (oa.ChatCompletion, "serialization"),
     (oa.ChatCompletionChunk, "serialization"),
     (oa.Completion, "serialization"),
@@ -58,6 +60,19 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (an.MessageDeltaEvent, "serialization"),
     (an.MessageStopEvent, "serialization"),
     (an.PingEvent, "serialization"),
+    (rs.Response, "serialization"),
+    (rs.Deleted, "serialization"),
+    (rs.InputItemList, "serialization"),
+    (rs.LifecycleEvent, "serialization"),
+    (rs.OutputItemEvent, "serialization"),
+    (rs.ContentPartEvent, "serialization"),
+    (rs.TextDeltaEvent, "serialization"),
+    (rs.TextDoneEvent, "serialization"),
+    (rs.ReasoningDeltaEvent, "serialization"),
+    (rs.ReasoningDoneEvent, "serialization"),
+    (rs.ArgumentsDeltaEvent, "serialization"),
+    (rs.ArgumentsDoneEvent, "serialization"),
+    (rs.ErrorEvent, "serialization"),
     (fleet.FleetView, "serialization"),
     (fleet.LoadAnswer, "serialization"),
     (fleet.UnloadAnswer, "serialization"),
@@ -71,6 +86,10 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
 _RENAMED = {
     "cortex__protocol__openai__Usage": "Usage",
     "cortex__protocol__anthropic__Usage": "AnthropicUsage",
+    "cortex__protocol__anthropic__Tool": "Tool",
+    "cortex__protocol__openai_responses__Tool": "ResponsesTool",
+    "cortex__protocol__anthropic__ErrorEvent": "ErrorEvent",
+    "cortex__protocol__openai_responses__ErrorEvent": "ResponseErrorEvent",
 }
 
 
@@ -153,6 +172,48 @@ def _anthropic_stream() -> Schema:
         ]
     }
 
+
+_RESPONSES_EVENTS = {
+    "LifecycleEvent": [
+        "response.created",
+        "response.in_progress",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    ],
+    "OutputItemEvent": ["response.output_item.added", "response.output_item.done"],
+    "ContentPartEvent": ["response.content_part.added", "response.content_part.done"],
+    "TextDeltaEvent": ["response.output_text.delta"],
+    "TextDoneEvent": ["response.output_text.done"],
+    "ReasoningDeltaEvent": ["response.reasoning_text.delta"],
+    "ReasoningDoneEvent": ["response.reasoning_text.done"],
+    "ArgumentsDeltaEvent": ["response.function_call_arguments.delta"],
+    "ArgumentsDoneEvent": ["response.function_call_arguments.done"],
+    "ResponseErrorEvent": ["error"],
+}
+
+
+def _responses_stream() -> Schema:
+    """One event of a Responses stream: its name is the ``type`` of its data."""
+    return {
+        "anyOf": [
+            {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {"event": {"enum": events}, "data": _sse_data(_ref(model))},
+            }
+            for model, events in _RESPONSES_EVENTS.items()
+        ]
+    }
+
+
+_RESPONSE_ID = {
+    "name": "response_id",
+    "in": "path",
+    "required": True,
+    "description": "The id of a response stored with store: true (resp_...).",
+    "schema": {"type": "string"},
+}
 
 _REASONS = {
     200: "The answer",
@@ -257,6 +318,40 @@ def _paths() -> Schema:
                 body="CountTokensRequest",
                 tag="anthropic",
                 operationId="countTokens",
+            )
+        },
+        "/v1/responses": {
+            "post": _operation(
+                "OpenAI Responses; with stream, its typed events as server-sent events",
+                _answer(_ref("Response"), _responses_stream()) | _errors(_DISPATCH_ERRORS),
+                body="ResponsesRequest",
+                tag="openai",
+                operationId="createResponse",
+            )
+        },
+        "/v1/responses/{response_id}": {
+            "get": _operation(
+                "A stored response",
+                _answer(_ref("Response")) | _errors((401, 404)),
+                tag="openai",
+                operationId="getResponse",
+                parameters=[_RESPONSE_ID],
+            ),
+            "delete": _operation(
+                "Delete a stored response",
+                _answer(_ref("Deleted")) | _errors((401, 404)),
+                tag="openai",
+                operationId="deleteResponse",
+                parameters=[_RESPONSE_ID],
+            ),
+        },
+        "/v1/responses/{response_id}/input_items": {
+            "get": _operation(
+                "The input items a stored response answered, its predecessors' included",
+                _answer(_ref("InputItemList")) | _errors((401, 404)),
+                tag="openai",
+                operationId="listInputItems",
+                parameters=[_RESPONSE_ID],
             )
         },
         "/v1/models": {
