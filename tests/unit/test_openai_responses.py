@@ -21,6 +21,7 @@ from openai.types.responses import Response as SDKResponse
 from openai.types.responses import ResponseStreamEvent
 
 from cortex.errors import ContextOverflow, InvalidRequest, UpstreamError
+from cortex.gateway.renderers import ResponsesRenderer
 from cortex.protocol import openai_responses as rs
 from cortex.translate import openai_responses as tr
 from cortex.translate.openai_responses_stream import ResponseStream, encode_event
@@ -621,3 +622,37 @@ def test_any_chunking_folds_to_the_unstreamed_response(
             exclude_none=True
         )
     )
+
+
+# --- the renderer: SSE bytes in, SSE bytes out -------------------------------------------
+
+
+def test_the_renderer_ends_a_cut_stream_with_failed_then_error_and_reports_it() -> None:
+    finals: list[rs.Response] = []
+    renderer = ResponsesRenderer(ResponseStream(base()), on_final=finals.append)
+    renderer.start(9)
+    out = renderer.event(b'data: {"choices":[{"index":0,"delta":{"content":"Hal"}}]}\n\n')
+    assert renderer.event(b": cortex-report {}\n\n") == b""
+    out += renderer.error(UpstreamError("node 'n1' failed mid-stream: ClientPayloadError"))
+    names = [line for line in out.decode().splitlines() if line.startswith("event: ")]
+    assert names[0] == "event: response.created" and names[-2:] == [
+        "event: response.failed",
+        "event: error",
+    ]
+    assert [f.status for f in finals] == ["failed"]
+    assert finals[0].created_at == 1 and finals[0].output[0].content[0].text == "Hal"
+
+
+def test_the_renderer_reports_the_final_response_once_at_done() -> None:
+    finals: list[rs.Response] = []
+    renderer = ResponsesRenderer(ResponseStream(base()), on_final=finals.append)
+    renderer.start(9)
+    renderer.event(
+        b'data: {"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n'
+    )
+    assert finals == []
+    out = renderer.event(b"data: [DONE]\n\n")
+    names = [line for line in out.decode().splitlines() if line.startswith("event: ")]
+    assert names[-1] == "event: response.completed"
+    assert b"[DONE]" not in out
+    assert [f.status for f in finals] == ["completed"] and finals[0].usage.input_tokens == 9

@@ -1,0 +1,100 @@
+"""Stored responses over a real SQLite database: what is kept, what a follow-up reads,
+deletion, and the age and count bounds enforced on write."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cortex.gateway.database import Database
+from cortex.gateway.response_store import ResponseStore
+from cortex.protocol import openai_responses as rs
+from cortex.translate import openai_responses as tr
+
+ASKED = rs.ResponsesRequest(model="m", input="hi")
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    db = Database.open(f"sqlite:///{tmp_path / 'cortex.db'}")
+    yield db
+    await db.close()
+
+
+async def store(database: Database, *, ttl_s: float = 3600, max_stored: int = 100) -> ResponseStore:
+    kept = ResponseStore(database, ttl_s=ttl_s, max_stored=max_stored)
+    await kept.migrate()
+    return kept
+
+
+def answer(response_id: str, text: str = "Hello.") -> rs.Response:
+    completion = {"choices": [{"message": {"content": text}, "finish_reason": "stop"}]}
+    return tr.to_response(completion, tr.echo(ASKED, response_id=response_id))
+
+
+async def count(database: Database) -> int:
+    async with database.engine.connect() as conn:
+        return (await conn.execute(sa.text("SELECT count(*) FROM responses"))).scalar_one()
+
+
+async def test_a_stored_response_is_read_back_with_its_conversation(database: Database) -> None:
+    kept = await store(database)
+    items = [{"type": "message", "role": "user", "content": "hi"}]
+    response = answer("resp_1")
+    kept.save_later(response, items)
+    stored = await kept.load("resp_1")  # waits for the write under way
+    assert stored is not None and stored.response == response and stored.items == items
+    follow = stored.conversation()
+    assert follow[0] == items[0]
+    assert follow[1]["type"] == "message" and follow[1]["content"][0]["text"] == "Hello."
+    # what a follow-up sends on is valid input for the next request
+    asked = rs.ResponsesRequest(model="m", input=[*follow, {"role": "user", "content": "and?"}])
+    body = tr.to_chat_request(asked, tr.input_items(asked), model="m")
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+
+
+async def test_migrating_twice_changes_nothing(database: Database) -> None:
+    kept = await store(database)
+    kept.save_later(answer("resp_1"), [])
+    await kept.close()
+    await kept.migrate()
+    assert await kept.load("resp_1") is not None
+
+
+async def test_delete(database: Database) -> None:
+    kept = await store(database)
+    kept.save_later(answer("resp_1"), [])
+    assert await kept.delete("resp_1") is True
+    assert await kept.load("resp_1") is None
+    assert await kept.delete("resp_1") is False
+    assert await kept.load("resp_unknown") is None
+
+
+async def test_responses_older_than_the_ttl_are_gone_and_pruned(database: Database) -> None:
+    kept = await store(database, ttl_s=0.2)
+    kept.save_later(answer("resp_old"), [])
+    await kept.close()
+    await asyncio.sleep(0.3)
+    assert await kept.load("resp_old") is None  # expired, though not pruned yet
+    kept.save_later(answer("resp_new"), [])
+    await kept.close()
+    assert await count(database) == 1  # the write pruned the expired row
+    assert await kept.load("resp_new") is not None
+
+
+async def test_beyond_max_stored_the_oldest_go_first(database: Database) -> None:
+    kept = await store(database, max_stored=2)
+    for n in range(4):
+        kept.save_later(answer(f"resp_{n}"), [])
+        await kept.close()  # one after the other: their order is their age
+    assert await count(database) == 2
+    assert [await kept.load(f"resp_{n}") is not None for n in range(4)] == [
+        False,
+        False,
+        True,
+        True,
+    ]
