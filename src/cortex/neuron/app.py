@@ -51,10 +51,25 @@ def create_app(settings: NeuronSettings) -> Starlette:
         app.state.settings = settings
         app.state.manager = manager
         app.state.metrics = metrics
+        support = devices.engine_support(found)
+        app.state.engine_support = support
         for device in found:
+            engines = support[device.id]
             log.info(
-                "device id=%s name=%r memory_mb=%d", device.id, device.name, device.memory_total_mb
+                "device id=%s name=%r memory_mb=%d gguf=%s dense=%s",
+                device.id,
+                device.name,
+                device.memory_total_mb,
+                engines.gguf,
+                engines.dense,
             )
+            if not engines.gguf_usable:
+                log.warning(
+                    "device %s: this llama.cpp is a CPU-only build and cannot use it; GGUF "
+                    "models will not be placed there. To use it, %s",
+                    device.id,
+                    devices.REBUILD_HINT,
+                )
         for spec in settings.load:
             try:
                 await manager.load(spec)

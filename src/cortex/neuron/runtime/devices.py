@@ -76,6 +76,52 @@ def discover() -> list[Device]:
     return devices
 
 
+@dataclass(frozen=True)
+class EngineSupport:
+    """What each engine can do on one device, as this install was built."""
+
+    gguf: str  # "cpu", "cuda", or "cpu-only build" (a GPU llama.cpp cannot offload to)
+    dense: str  # "cpu", "cuda", "cpu-only torch", or "not installed"
+
+    @property
+    def gguf_usable(self) -> bool:
+        return self.gguf in ("cpu", "cuda")
+
+
+REBUILD_HINT = "rebuild with CUDA: CORTEX_GPU=cuda scripts/setup.sh (needs the CUDA toolkit's nvcc)"
+
+
+def engine_support(found: list[Device]) -> dict[str, EngineSupport]:
+    """Per device id. The probes import llama.cpp and torch, so they run only on a node
+    that has GPUs: a CPU node pays nothing at start-up."""
+    support = {d.id: EngineSupport("cpu", "cpu") for d in found if d.id == "cpu"}
+    gpus = [d for d in found if d.id.startswith("cuda:")]
+    if not gpus:
+        return support
+    gguf = "cuda" if _llamacpp_offloads() else "cpu-only build"
+    dense = _torch_cuda()
+    return support | {gpu.id: EngineSupport(gguf, dense) for gpu in gpus}
+
+
+def _llamacpp_offloads() -> bool:
+    try:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception:  # no llama.cpp at all: it cannot offload either
+        return False
+
+
+def _torch_cuda() -> str:
+    try:
+        import torch
+    except ImportError:
+        return "not installed"
+    if torch.version.cuda is None:
+        return "cpu-only torch"
+    return "cuda" if torch.cuda.is_available() else "cpu-only torch"
+
+
 def host_memory() -> MemoryReading:
     """The host's RAM, total and available now."""
     return _meminfo()
