@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -304,3 +305,22 @@ def test_usage_equals_what_the_clients_were_told(gateway: Gateway) -> None:
     cancelled = usage_of(gateway, keys["cut"]["id"])
     assert cancelled["requests"] == 3 and cancelled["errors"] == 0
     assert cancelled["output_tokens"] <= 3 * 8
+
+
+def test_protect_ui_puts_the_dashboard_and_metrics_behind_the_admin_token(
+    neuron: Neuron, tmp_path: Path
+) -> None:
+    gateway = Gateway(tmp_path, config(neuron, "protect_ui = true"), MODELS, {MODEL},
+                      admin_token=ADMIN)  # fmt: skip
+    try:
+        metrics = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+        for url in (gateway.url + "/ui", gateway.url + "/ui/app.js", metrics):
+            for credential in (None, STATIC):
+                headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+                assert httpx.get(url, headers=headers).status_code == 401, (url, credential)
+            answer = httpx.get(url, headers={"Authorization": f"Bearer {ADMIN}"})
+            assert answer.status_code == 200, url
+        assert "cortex_requests_total" in answer.text
+        assert httpx.get(gateway.url + "/health").status_code == 200  # liveness stays open
+    finally:
+        gateway.stop()

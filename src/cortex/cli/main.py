@@ -84,7 +84,7 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
 
-    from cortex.gateway.app import SHUTDOWN_FLUSH_S, begin_shutdown, create_app
+    from cortex.gateway.app import SHUTDOWN_FLUSH_S, admin_token, begin_shutdown, create_app
     from cortex.gateway.local_neuron import LocalNeuron
     from cortex.gateway.metrics_server import start_metrics_server
     from cortex.http_server import serve
@@ -120,7 +120,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         registry = CollectorRegistry()
         supervised = {"local": lambda: local.restarts} if local is not None else None
         app = create_app(config, models, registry=registry, supervised=supervised)
-        metrics = start_metrics_server(*parse_host_port(config.gateway.metrics_listen), registry)
+        # protect_ui: the scrapes need the admin token too
+        token = admin_token(config) if config.gateway.protect_ui else None
+        metrics_at = parse_host_port(config.gateway.metrics_listen)
+        metrics = start_metrics_server(*metrics_at, registry, token)
         host, port = parse_host_port(config.gateway.listen)
         console.print(
             f"cortex: serving on http://{host}:{port} (metrics on {config.gateway.metrics_listen})"
