@@ -281,6 +281,7 @@ def test_a_prompt_over_the_context_names_the_numbers(client: openai.OpenAI) -> N
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model=MODEL, input="word " * 9000, max_output_tokens=10)
     assert caught.value.body["code"] == "context_length_exceeded"
+    assert caught.value.body["param"] == "input"
     numbers = [int(n) for n in re.findall(r"\d+", caught.value.message)]
     assert 4096 in numbers and any(n > 9000 for n in numbers)  # the context, the prompt
 

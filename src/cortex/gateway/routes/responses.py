@@ -70,7 +70,12 @@ async def create(request: Request) -> Response:
         renderer = ResponsesRenderer(ResponseStream(base, names), on_final=keep)
         return Forward(_CHAT, model_id, chat, renderer=renderer)
 
-    return await dispatch(request, prepare, raw)
+    try:
+        return await dispatch(request, prepare, raw)
+    except CortexError as error:
+        if error.code == "context_length_exceeded":  # the neuron names its chat field
+            error.param = "input"
+        raise
 
 
 Keep = Callable[[rs.Response], None]
