@@ -24,8 +24,8 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json
 from pydantic_core import core_schema
 
 from cortex import __version__
+from cortex.protocol import admin, fleet
 from cortex.protocol import anthropic as an
-from cortex.protocol import fleet
 from cortex.protocol import openai as oa
 from cortex.protocol import openai_responses as rs
 
@@ -42,6 +42,12 @@ _MODELS: list[tuple[type[BaseModel], JsonSchemaMode]] = [
     (an.MessagesRequest, "validation"),
     (an.CountTokensRequest, "validation"),
     (fleet.FleetRequest, "validation"),
+    (admin.KeyCreate, "validation"),
+    (admin.KeyUpdate, "validation"),
+    (admin.KeyCreated, "serialization"),
+    (admin.KeyView, "serialization"),
+    (admin.KeyList, "serialization"),
+    (admin.UsageReport, "serialization"),
     (rs.ResponsesRequest, "validation"),
     (oa.ChatCompletion, "serialization"),
     (oa.ChatCompletionChunk, "serialization"),
@@ -425,7 +431,46 @@ def _paths() -> Schema:
                 operationId="fleetDefrag",
             )
         },
+        **_admin_paths(),
     }
+
+
+def _admin_paths() -> Schema:
+    """Virtual keys and usage (docs/keys.md), behind the admin token."""
+    key_id = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    created = {"201": {"description": "The new key, shown this once", **_json(_ref("KeyCreated"))}}
+    query = [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in (
+            ("key", {"type": "string"}),
+            ("since", {"type": "string", "description": "YYYY-MM-DD or RFC 3339, UTC"}),
+            ("model", {"type": "string"}),
+            ("by", {"type": "string", "enum": ["day"]}),
+        )
+    ]
+    return {
+        "/admin/keys": {
+            "post": _operation("Create a virtual key", created | _errors((400, 401)),
+                               body="KeyCreate", tag="admin", operationId="createKey"),
+            "get": _operation("Every key (never its secret)", _answer(_ref("KeyList"))
+                              | _errors((401,)), tag="admin", operationId="listKeys"),
+        },
+        "/admin/keys/{key_id}": {
+            "parameters": [key_id],
+            "get": _operation("One key", _answer(_ref("KeyView")) | _errors((401, 404)),
+                              tag="admin", operationId="showKey"),
+            "patch": _operation("Change a key's name or limits (null clears a limit)",
+                                _answer(_ref("KeyView")) | _errors((400, 401, 404)),
+                                body="KeyUpdate", tag="admin", operationId="updateKey"),
+            "delete": _operation("Revoke a key", _answer(_ref("KeyView")) | _errors((401, 404)),
+                                 tag="admin", operationId="revokeKey"),
+        },
+        "/admin/usage": {
+            "get": _operation("Usage per key and model (and day)", _answer(_ref("UsageReport"))
+                              | _errors((400, 401)), tag="admin", operationId="usage",
+                              parameters=query),
+        },
+    }  # fmt: skip
 
 
 def _components() -> Schema:
@@ -469,6 +514,7 @@ def openapi_document() -> Schema:
             {"name": "openai", "description": "OpenAI's API; errors in its envelope"},
             {"name": "anthropic", "description": "Anthropic's Messages API and envelope"},
             {"name": "fleet", "description": "Fleet administration"},
+            {"name": "admin", "description": "Virtual keys and usage (the admin token)"},
             {"name": "operations", "description": "Probes, answered without a key"},
         ],
         "paths": _paths(),

@@ -110,3 +110,14 @@ def _day(text: str | None) -> str | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).date().isoformat()
+
+
+async def keys(request: Request) -> Response:
+    """``/admin/keys``: one route per path, as the OpenAPI document lists them."""
+    return await (create_key if request.method == "POST" else list_keys)(request)
+
+
+async def key(request: Request) -> Response:
+    """``/admin/keys/{key_id}``: show, update (PATCH), revoke (DELETE)."""
+    handler = {"PATCH": update_key, "DELETE": revoke_key}.get(request.method, show_key)
+    return await handler(request)
