@@ -351,3 +351,18 @@ async def test_a_cold_load_the_other_gateway_missed_is_still_joined_on_the_neuro
         assert (await first).name == (await second).name
         assert sum(len(n.files.launches) for n in nodes.values()) == 1
         assert two.loads("a", "joined") == 1
+
+
+async def test_a_model_the_other_gateway_loaded_since_the_last_poll_is_not_loaded_again(
+    tmp_path: Path,
+) -> None:
+    async with fleet_of(tmp_path, n1=BIG_MB, n2=BIG_MB) as nodes:
+        one, two = (gateway_over(clients(nodes), PROFILES) for _ in range(2))
+        for gateway in (one, two):
+            await poll_all(gateway, clients(nodes))
+        assert (await acquire(one, "a")).name == "n1"
+        assert two.where("a") == []  # its last poll was before that load
+        # its cold-load path reads the nodes again and finds a ready: no load at all
+        assert (await acquire(two, "a")).name == "n1"
+        assert sum(len(n.files.launches) for n in nodes.values()) == 1
+        assert two.loads("a", "ok") + two.loads("a", "joined") == 0

@@ -221,7 +221,7 @@ class Scheduler:
         self, profile: ModelSpec, exclude: frozenset[str], only: str | None = None
     ) -> Node:
         await self._refresh_eligible(profile, exclude, only)
-        joined = await self._join_load_under_way(profile, exclude, only)
+        joined = await self._found_or_joined(profile, exclude, only)
         if joined is not None:
             return joined
         need_mb = await self._need_mb(profile, exclude, only)
@@ -291,18 +291,26 @@ class Scheduler:
         names = [node.name for node in self._eligible(profile, exclude, only)]
         await asyncio.gather(*(self._refresh(name) for name in names), return_exceptions=True)
 
-    async def _join_load_under_way(
+    async def _found_or_joined(
         self, profile: ModelSpec, exclude: frozenset[str], only: str | None
     ) -> Node | None:
-        """Where an eligible node is already loading the model (another gateway started
-        it), wait on that load there: the neuron joins the call to it. None when no
-        node is loading it, or the one that was is gone (then this gateway loads it)."""
-        for node in self._eligible(profile, exclude, only):
+        """Where an eligible node already has the model, or is loading it (another
+        gateway loaded or started it since this one's last poll): that node, once the
+        load there is done (the neuron joins the call to it). None when no node has
+        it, or the load there failed for want of memory or the node is gone (then this
+        gateway plans a load of its own)."""
+        eligible = self._eligible(profile, exclude, only)
+        for node in eligible:
+            if node.phase(profile.id) is ModelState.READY:
+                return node
+        for node in eligible:
             if node.phase(profile.id) is not ModelState.LOADING:
                 continue
             started = time.perf_counter()
             try:
                 answer = await self._clients[node.name].load(profile)
+            except InsufficientMemory:
+                return None  # the load joined was refused: plan from the fresh state
             except NeuronUnreachable as exc:
                 self._fleet.mark_down(node.name, exc.message)
                 return None
