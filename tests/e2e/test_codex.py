@@ -9,10 +9,11 @@ written), no analytics, no update check, and a model provider pointing at the ga
 The bundled 135M model (context 4096 here) cannot hold Codex's default request (~40 KB:
 its instructions, skills, sub-agent tools; about 8.8k tokens), so one test checks that
 Codex reports the overflow, and the others shrink the request with Codex's own settings
-(``model_instructions_file`` and features turned off; /work/notes/codex-traffic.md lists
-them). The model samples greedily (``sampling = { temperature = 0 }`` in its spec; Codex
-sends no temperature) and the neuron keeps no prefix cache, so each prompt gets the same
-answer on every run. The gateway and neuron are this module's own, for those settings.
+(``model_instructions_file`` and features turned off: ``SMALL`` below, each checked
+with ``--strict-config``). The model samples greedily (``sampling = { temperature = 0 }``
+in its spec; Codex sends no temperature) and the neuron keeps no prefix cache, so each
+prompt gets the same answer on every run. The gateway and neuron are this module's own,
+for those settings.
 """
 
 from __future__ import annotations
