@@ -510,12 +510,22 @@ def test_an_error_payload_from_the_neuron_ends_the_stream() -> None:
     assert error.message == "engine crashed"
 
 
-def test_a_failure_before_the_stream_began_is_one_error_event() -> None:
+def test_a_failure_before_the_stream_began_still_begins_it() -> None:
     stream = ResponseStream(base())
     error = ContextOverflow(prompt_tokens=9000, context_length=4096, model="m", param="input")
-    [event] = stream.fail(error)
-    assert isinstance(event, rs.ErrorEvent) and event.sequence_number == 0
-    assert event.code == "context_length_exceeded" and "4096" in event.message
+    events = stream.fail(error)
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.failed",
+        "error",
+    ]
+    failed, last = events[-2], events[-1]
+    assert isinstance(failed, rs.LifecycleEvent) and isinstance(last, rs.ErrorEvent)
+    assert failed.response.error.code == last.code == "context_length_exceeded"
+    assert "4096" in last.message and last.param == "input"
+    final, _ = sdk_fold(events)
+    assert final.status == "failed" and final.output == []
 
 
 def test_an_empty_answer_is_still_a_message() -> None:

@@ -163,24 +163,22 @@ class ResponseStream:
         return self._sent()
 
     def fail(self, error: CortexError) -> Events:
-        """The stream broke: ``response.failed`` (when the stream had begun), then ``error``."""
+        """The stream broke: ``response.failed``, then ``error``; nothing after. A stream
+        that fails before its first chunk (a cold load that failed) begins first: the
+        SDK and Codex read a failure from ``response.failed``, after ``response.created``."""
         if self.done:
             return []
-        self._out = []
+        self._out = self.start()
+        code = error.code or _failure_code(error)  # context_length_exceeded: Codex knows it
         failed = self._base.model_copy(
             update={
                 "status": "failed",
-                "error": rs.ResponseError(code=_failure_code(error), message=error.message),
+                "error": rs.ResponseError(code=code, message=error.message),
                 "output": [*self._items, *([self._item(self._open)] if self._open else [])],
             }
         )
-        if self._started:
-            self._emit(rs.LifecycleEvent(type="response.failed", response=failed))
-        self._emit(
-            rs.ErrorEvent(
-                code=error.code or _failure_code(error), message=error.message, param=error.param
-            )
-        )
+        self._emit(rs.LifecycleEvent(type="response.failed", response=failed))
+        self._emit(rs.ErrorEvent(code=code, message=error.message, param=error.param))
         self.final = failed
         return self._sent()
 
