@@ -35,8 +35,9 @@ MIGRATIONS = [_create]
 class MinuteCounter:
     def __init__(self, database: Database) -> None:
         self._db = database
-        insert = postgresql.insert(MINUTES).values(key_id=sa.bindparam("k"),
-                                                   minute=sa.bindparam("m"), requests=1)
+        insert = postgresql.insert(MINUTES).values(
+            key_id=sa.bindparam("k"), minute=sa.bindparam("m"), requests=1
+        )
         self._upsert = insert.on_conflict_do_update(
             index_elements=[MINUTES.c.key_id, MINUTES.c.minute],
             set_={"requests": MINUTES.c.requests + 1},
