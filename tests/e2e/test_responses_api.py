@@ -12,7 +12,7 @@ import jsonschema
 import openai
 import pytest
 
-from procs import MODEL, Gateway
+from procs import BUNDLED, MODEL, Gateway, Neuron, gateway_config
 
 GREEDY = {"temperature": 0}
 QUESTION = "What is the capital of France? Answer in one word."
@@ -399,3 +399,34 @@ def test_a_codex_like_request_is_answered(gateway: Gateway) -> None:
     assert last["response"]["store"] is False and last["response"]["output"]
     response_id = last["response"]["id"]
     assert httpx.get(gateway.url + f"/v1/responses/{response_id}", timeout=10).status_code == 404
+
+
+def test_a_node_dying_mid_stream_ends_with_response_failed_then_error(tmp_path) -> None:
+    node = Neuron(tmp_path, "a", [f"{MODEL}={BUNDLED}"])
+    gateway = Gateway(tmp_path, gateway_config(node), "", {MODEL})
+    try:
+        body = {"model": MODEL, "input": "Write a very long essay about rivers.", "stream": True}
+        frames: list[str] = []
+        url = gateway.url + "/v1/responses"
+        with httpx.stream("POST", url, json=body, timeout=60) as answer:
+            buffer = ""
+            for text in answer.iter_text():
+                buffer += text
+                *complete, buffer = buffer.split("\n\n")
+                frames += complete
+                if len(frames) >= 8 and node.proc.poll() is None:
+                    node.kill()
+        names = [frame.split("\n", 1)[0] for frame in frames]
+        assert names[0] == "event: response.created"
+        assert names[-2:] == ["event: response.failed", "event: error"]
+        failed = json.loads(frames[-2].split("data: ", 1)[1])["response"]
+        assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+        assert "mid-stream" in failed["error"]["message"]
+        assert failed["output"][0]["content"][0]["text"]  # what came before the cut
+        assert "event: response.completed" not in names
+        # kept as it ended, as OpenAI keeps failed responses
+        stored = httpx.get(url + "/" + failed["id"], timeout=10).json()
+        assert stored["status"] == "failed" and stored["output"] == failed["output"]
+    finally:
+        gateway.stop()
+        node.stop()
