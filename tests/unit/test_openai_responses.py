@@ -267,8 +267,10 @@ def test_the_echo_carries_the_request_settings() -> None:
         previous_response_id="resp_x",
         store=False,
         metadata={"k": "v"},
+        truncation="auto",
     )
     echoed = base(asked)
+    assert echoed.truncation == "auto" and base().truncation == "disabled"
     assert echoed.status == "in_progress" and echoed.output == [] and echoed.usage is None
     assert (echoed.instructions, echoed.tool_choice, echoed.parallel_tool_calls) == (
         "I",

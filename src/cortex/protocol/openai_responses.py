@@ -150,6 +150,7 @@ class ResponsesRequest(_Tolerant):
     store: bool = True
     metadata: dict[str, str] | None = None
     user: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None  # echoed; nothing is cut here
 
 
 # --- the response object ----------------------------------------------------

@@ -255,6 +255,7 @@ def echo(
         text=text,
         metadata=request.metadata or {},
         user=request.user,
+        truncation=request.truncation or "disabled",
     )
 
 
