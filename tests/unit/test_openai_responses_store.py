@@ -1,4 +1,4 @@
-"""Stored responses over a real SQLite database: what is kept, what a follow-up reads,
+"""Stored responses over real SQLite and PostgreSQL databases: what is kept, what a follow-up reads,
 deletion, and the age and count bounds enforced on write."""
 
 from __future__ import annotations
@@ -18,9 +18,16 @@ from cortex.translate import openai_responses as tr
 ASKED = rs.ResponsesRequest(model="m", input="hi")
 
 
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database.open(f"sqlite:///{tmp_path / 'cortex.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
+    """The store runs alike over both databases the gateway supports."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'cortex.db'}"
+    else:
+        from postgres import new_database
+
+        url = new_database(request.getfixturevalue("postgres"))
+    db = Database.open(url)
     yield db
     await db.close()
 
