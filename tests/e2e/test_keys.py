@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from procs import BUNDLED, MODEL, Gateway, Neuron
+from procs import BUNDLED, MODEL, Gateway, Neuron, metric
 
 pytestmark = pytest.mark.slow
 
@@ -192,7 +192,8 @@ def test_a_key_sees_only_its_models(gateway: Gateway) -> None:
 
 def test_rpm_is_a_429_with_retry_after_in_each_dialect(gateway: Gateway) -> None:
     early_in_a_minute()
-    key = new_key(gateway, rpm=2)["key"]
+    made = new_key(gateway, rpm=2)
+    key = made["key"]
     client = chat(gateway, key)
     for _ in range(2):
         client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1)
@@ -211,6 +212,8 @@ def test_rpm_is_a_429_with_retry_after_in_each_dialect(gateway: Gateway) -> None
     answer = ollama_chat(gateway, key)
     assert answer.status_code == 429 and "retry-after" in answer.headers
     assert answer.json()["error"].startswith("rate limit: 2 requests per minute")
+    metrics = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+    assert metric(metrics, "cortex_rate_limited_total", key_id=made["id"], reason="rpm") == 3
 
 
 def test_a_spent_budget_says_budget(gateway: Gateway) -> None:

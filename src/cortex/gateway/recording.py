@@ -219,6 +219,7 @@ class RequestRecorder:
         )
         fields = {
             "request_id": done.request_id,
+            "key_id": done.key_id or None,  # the key's id, never the key
             "model": model,
             "node": node,
             "dialect": done.dialect,
