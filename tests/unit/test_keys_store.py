@@ -64,6 +64,8 @@ async def test_update_revoke_and_expiry(database: Database) -> None:
     with pytest.raises(InvalidRequest, match="go together"):
         await store.update(created.id, KeyUpdate(budget_period=None))
     assert await store.update("key_missing", KeyUpdate(rpm=1)) is None
+    unbudgeted = await store.update(created.id, KeyUpdate(budget_tokens=None))
+    assert unbudgeted is not None and unbudgeted.budget_period is None  # cleared together
     past = datetime.now(UTC) - timedelta(minutes=1)
     await store.update(created.id, KeyUpdate(expires_at=past))
     assert await store.lookup(created.key) is None  # expired

@@ -226,6 +226,8 @@ class KeyStore:
         current = await self.get(key_id)
         if current is None:
             return None
+        if "budget_tokens" in values and values["budget_tokens"] is None:
+            values.setdefault("budget_period", None)  # no budget: no period either
         budget = values.get("budget_tokens", current.budget_tokens)
         period = values.get("budget_period", current.budget_period)
         if (budget is None) != (period is None):
