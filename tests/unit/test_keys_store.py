@@ -16,7 +16,7 @@ from cortex.gateway.counters import MinuteCounter
 from cortex.gateway.database import Database
 from cortex.gateway.keys import KEYS, KeyStore
 from cortex.gateway.usage import UsageLedger
-from cortex.protocol.admin import KeyCreate, KeyUpdate
+from cortex.protocol.admin import LIMIT_MAX, KeyCreate, KeyUpdate
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -166,3 +166,16 @@ async def test_minute_counter_is_shared(postgres: str) -> None:
     finally:
         await first.close()
         await second.close()
+
+
+async def test_limits_as_large_as_the_wire_allows(database: Database) -> None:
+    """PostgreSQL's INTEGER is 32 bits: every limit is a BIGINT, capped on the wire."""
+    store = KeyStore(database, ttl_s=0)
+    await store.migrate()
+    huge = LIMIT_MAX
+    limits = {"rpm": huge, "tpm": huge, "max_parallel": huge, "budget_tokens": huge}
+    created = await store.create(KeyCreate(name="big", budget_period="month", **limits))
+    found = await store.lookup(created.key)
+    assert found is not None and (found.rpm, found.tpm, found.budget_tokens) == (huge,) * 3
+    with pytest.raises(ValueError):
+        KeyCreate(name="x", tpm=LIMIT_MAX + 1)

@@ -44,9 +44,9 @@ KEYS = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False, unique=True),
     sa.Column("prefix", sa.String(16), nullable=False),
     sa.Column("models", sa.Text, nullable=False),  # JSON list of globs
-    sa.Column("rpm", sa.Integer),
-    sa.Column("tpm", sa.Integer),
-    sa.Column("max_parallel", sa.Integer),
+    sa.Column("rpm", sa.BigInteger),
+    sa.Column("tpm", sa.BigInteger),
+    sa.Column("max_parallel", sa.BigInteger),
     sa.Column("budget_tokens", sa.BigInteger),
     sa.Column("budget_period", sa.String(8)),
     sa.Column("priority", sa.String(8), nullable=False),

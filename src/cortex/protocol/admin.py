@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Priority = Literal["high", "normal", "low"]
+LIMIT_MAX = 2**62  # what a database's BIGINT holds, with room to add to it
 BudgetPeriod = Literal["day", "month"]
 
 
@@ -23,10 +24,10 @@ class KeyLimits(_Strict):
     """What a key may use and how much. ``None`` (or an empty ``models``): no limit."""
 
     models: list[str] = Field(default_factory=list)  # globs over model ids and names
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_parallel: int | None = Field(default=None, ge=1)
-    budget_tokens: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=LIMIT_MAX)
+    tpm: int | None = Field(default=None, ge=1, le=LIMIT_MAX)
+    max_parallel: int | None = Field(default=None, ge=1, le=LIMIT_MAX)
+    budget_tokens: int | None = Field(default=None, ge=1, le=LIMIT_MAX)
     budget_period: BudgetPeriod | None = None
     priority: Priority = "normal"
     expires_at: datetime | None = None
@@ -55,10 +56,10 @@ class KeyUpdate(_Strict):
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     models: list[str] | None = None
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_parallel: int | None = Field(default=None, ge=1)
-    budget_tokens: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=LIMIT_MAX)
+    tpm: int | None = Field(default=None, ge=1, le=LIMIT_MAX)
+    max_parallel: int | None = Field(default=None, ge=1, le=LIMIT_MAX)
+    budget_tokens: int | None = Field(default=None, ge=1, le=LIMIT_MAX)
     budget_period: BudgetPeriod | None = None
     priority: Priority | None = None
     expires_at: datetime | None = None
