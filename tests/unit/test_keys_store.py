@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from cortex.errors import InvalidRequest
-from cortex.gateway.counters import MinuteCounter
+from cortex.gateway.counters import LEASE_FRACTION, MINUTES, MinuteCounter, granted
 from cortex.gateway.database import Database
 from cortex.gateway.keys import KEYS, KeyStore
 from cortex.gateway.usage import UsageLedger
@@ -158,14 +158,32 @@ async def test_minute_counter_is_shared(postgres: str) -> None:
         a, b = MinuteCounter(first), MinuteCounter(second)
         await a.migrate()
         await b.migrate()
-        assert [await a.count("k", 100), await b.count("k", 100), await a.count("k", 100)] == [
-            1, 2, 3,
-        ]  # fmt: skip
-        assert await b.count("k", 101) == 1  # a new minute; the old one is swept
-        assert await a.count("other", 101) == 1
+        # a small rpm: request by request, exact across both
+        taken = [await gateway.take("k", 100, 3) for gateway in (a, b, a, b, a)]
+        assert taken == [True, True, True, False, False]
+        assert await b.take("k", 101, 3)  # a new minute; the old one is swept
+        # a large rpm: leases of rpm // LEASE_FRACTION, never more than rpm in all
+        rpm = 10 * LEASE_FRACTION
+        admitted = 0
+        for _ in range(rpm):
+            admitted += await a.take("big", 100, rpm)
+            admitted += await b.take("big", 100, rpm)
+        assert rpm - 10 <= admitted <= rpm  # at most one lease left unused by the other
+        async with first.engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(MINUTES.c.requests).where(MINUTES.c.key_id == "big")
+            )
+            # leases of 10: the database asked some 20 times for the 400 requests, not 400
+            assert rpm <= rows.scalar_one() <= rpm + 2 * (rpm // LEASE_FRACTION)
     finally:
         await first.close()
         await second.close()
+
+
+def test_a_lease_is_cut_to_what_is_left() -> None:
+    assert granted(10, 10, 100) == 10
+    assert granted(10, 105, 100) == 5
+    assert granted(10, 120, 100) == 0
 
 
 async def test_limits_as_large_as_the_wire_allows(database: Database) -> None:

@@ -63,16 +63,17 @@ async def test_rpm_is_a_fixed_minute_window() -> None:
 
 
 async def test_rpm_from_a_shared_counter() -> None:
-    counts: dict[tuple[str, int], int] = {}
+    asked: list[tuple[str, int, int]] = []
 
-    async def count(key_id: str, minute: int) -> int:
-        counts[key_id, minute] = counts.get((key_id, minute), 0) + 1
-        return counts[key_id, minute]
+    async def take(key_id: str, minute: int, rpm: int) -> bool:
+        asked.append((key_id, minute, rpm))
+        return len(asked) == 1  # other gateways have taken the rest of the minute
 
-    limits = limiter(Clock(), counter=count)
-    counts["key_t", int(T0 // 60)] = 5  # another gateway's five requests this minute
-    with pytest.raises(RateLimited):
+    limits = limiter(Clock(), counter=take)
+    (await limits.admit(key(rpm=5)))()
+    with pytest.raises(RateLimited, match="5 requests per minute"):
         await limits.admit(key(rpm=5))
+    assert asked == [("key_t", int(T0 // 60), 5)] * 2
 
 
 async def test_parallel_places_are_given_back() -> None:

@@ -113,7 +113,7 @@ def create_app(
         counter = None if database.is_sqlite else MinuteCounter(database)
         if counter is not None:  # PostgreSQL: rpm counted across the gateways sharing it
             await counter.migrate()
-        limiter = Limiter(counter.count if counter else None, usage.spent)
+        limiter = Limiter(counter.take if counter else None, usage.spent)
         stored = ResponseStore(
             database,
             ttl_s=config.gateway.responses_ttl_s,

@@ -7,8 +7,8 @@ end; ``Retry-After`` is the time left in the minute. Fixed windows make the coun
 gateways one integer per (key, minute), which PostgreSQL can add to atomically.
 
 - rpm: counted when a request is admitted. With PostgreSQL the count is one upserted row
-  per (key, minute) shared by every gateway (a request refused for rpm counts too, as it
-  reached the database); with SQLite, in this process.
+  per (key, minute) shared by every gateway, which each gateway takes from in leases
+  (``counters.MinuteCounter``); with SQLite, in this process.
 - tpm: input + output tokens of the requests that *ended* in this minute, counted as they
   are recorded; a request is refused before it starts once the minute's tokens reach
   ``tpm`` (a request under way may take it past: its size is not known in advance).
@@ -33,8 +33,8 @@ from datetime import UTC, datetime, timedelta
 from cortex.errors import RateLimited
 from cortex.gateway.keys import CACHE_TTL_S, KeyRecord
 
-# (key id, minute) -> that minute's request count after adding one (the shared counter)
-CountRequest = Callable[[str, int], Awaitable[int]]
+# (key id, minute, rpm) -> whether one more request fits the minute, across gateways
+TakeRequest = Callable[[str, int, int], Awaitable[bool]]
 # (key id, first day "YYYY-MM-DD") -> input + output tokens since then, all gateways
 ReadSpent = Callable[[str, str], Awaitable[int]]
 
@@ -105,10 +105,7 @@ def refusal(key: KeyRecord, window: KeyWindow, now: float) -> RateLimited | None
     return None
 
 
-def rpm_refusal(key: KeyRecord, count: int, now: float) -> RateLimited | None:
-    """``count``: the minute's requests, this one included."""
-    if key.rpm is None or count <= key.rpm:
-        return None
+def rpm_refusal(key: KeyRecord, now: float) -> RateLimited:
     return RateLimited(
         f"rate limit: {key.rpm} requests per minute (key {key.id}).",
         reason="rpm",
@@ -123,16 +120,16 @@ def _rest_of_minute(now: float) -> float:
 class Limiter:
     """Admits a key's requests against its limits; owns every key's ``KeyWindow``.
 
-    ``count_request``: the shared per-minute counter (PostgreSQL), or ``None`` to count
+    ``take_request``: the shared per-minute counter (PostgreSQL), or ``None`` to count
     in this process. ``read_spent``: the budget spent so far, from the usage table."""
 
     def __init__(
         self,
-        count_request: CountRequest | None,
+        take_request: TakeRequest | None,
         read_spent: ReadSpent,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._count_request = count_request
+        self._take_request = take_request
         self._read_spent = read_spent
         self._clock = clock
         self._windows: dict[str, KeyWindow] = {}
@@ -154,11 +151,11 @@ class Limiter:
             await self._refresh_spent(key.id, window)
         refused = refusal(key, window, now)
         if refused is None and key.rpm is not None:
-            if self._count_request is not None:
-                count = await self._count_request(key.id, window.minute)
+            if self._take_request is not None:
+                fits = await self._take_request(key.id, window.minute, key.rpm)
             else:
-                count = window.requests + 1
-            refused = rpm_refusal(key, count, now)
+                fits = window.requests < key.rpm
+            refused = None if fits else rpm_refusal(key, now)
         if refused is not None:
             raise refused
         window.requests += 1
