@@ -7,7 +7,7 @@ Requests alternate between the two keys, one at a time over a kept-alive connect
 each, so a drift of the machine hits both alike. Printed: client-side latency p50/p90
 and the gateway's own time (``x-cortex-overhead-ms``) p50 per key, their ratio and
 difference. SQLite (the default database): rpm is counted in the process; with
-``--database-url postgresql://...`` each request of the virtual key adds its rpm upsert.
+``--database-url postgresql://...`` in the database, in leases (``gateway/counters.py``).
 
     .venv/bin/python bench/keys_overhead_bench.py [--requests 2000] [--database-url URL]
 """
