@@ -327,3 +327,27 @@ def test_protect_ui_puts_the_dashboard_and_metrics_behind_the_admin_token(
         assert httpx.get(gateway.url + "/health").status_code == 200  # liveness stays open
     finally:
         gateway.stop()
+
+
+def test_usage_outlives_a_restart(neuron: Neuron, tmp_path: Path) -> None:
+    """No keys: requests count as "anonymous", in the database the next process reads
+    (the flush at shutdown itself: test_keys_store's ``close``)."""
+    plain = f'[gateway]\npoll_interval_s = 0.5\n\n[[neurons]]\nname = "{neuron.name}"\n'
+    plain += f'endpoint = "{neuron.url}"\n'
+    first = Gateway(tmp_path, plain, MODELS, {MODEL})
+    try:
+        client = openai.OpenAI(base_url=first.url + "/v1", api_key="unused", max_retries=0)
+        told = 0
+        for _ in range(3):
+            told += client.chat.completions.create(
+                model=MODEL, messages=HELLO, max_tokens=2
+            ).usage.completion_tokens
+    finally:
+        assert first.stop() == 0
+    second = Gateway(tmp_path, plain, MODELS, {MODEL})  # the same state dir, so database
+    try:
+        (row,) = httpx.get(second.url + "/admin/usage", timeout=30).json()["usage"]
+        assert (row["key_id"], row["model"], row["requests"]) == ("anonymous", MODEL, 3)
+        assert row["output_tokens"] == told
+    finally:
+        second.stop()
