@@ -64,6 +64,11 @@ class KeyUpdate(_Strict):
     priority: Priority | None = None
     expires_at: datetime | None = None
 
+    @field_validator("models")
+    @classmethod
+    def _globs(cls, globs: list[str] | None) -> list[str] | None:
+        return None if globs is None else [glob.strip() for glob in globs if glob.strip()]
+
 
 class KeyView(KeyLimits):
     """A key as the admin API shows it: never its secret, nor its hash."""
