@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -236,13 +237,19 @@ class Gateway(Process):
         cwd: Path | None = None,
         api_key: str | None = None,
         admin_token: str | None = None,
+        ca: Path | None = None,
     ) -> None:
+        """``ca``: the gateway speaks HTTPS (its config sets tls_cert and tls_key) with a
+        certificate this CA file verifies."""
         # /fleet takes the admin token where there is one (else a cortex.toml key)
         credential = admin_token or api_key
         self._headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         self.port = free_port()
         self.metrics_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(ca)) if ca else True
+        )
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         command = [
             sys.executable, "-m", "cortex.cli.main", "serve",
             "--listen", f"127.0.0.1:{self.port}",
@@ -263,9 +270,11 @@ class Gateway(Process):
         self.start_or_stop(lambda: self._ready(wanted), "gateway")
 
     def _ready(self, wanted: set[str]) -> bool:
-        if httpx.get(self.url + "/health", timeout=2).status_code != 200:
+        if httpx.get(self.url + "/health", timeout=2, verify=self.verify).status_code != 200:
             return False
-        fleet = httpx.get(self.url + "/fleet", timeout=2, headers=self._headers).json()
+        fleet = httpx.get(
+            self.url + "/fleet", timeout=2, headers=self._headers, verify=self.verify
+        ).json()
         ready = {
             m["id"] for node in fleet["nodes"] for m in node["models"] if m["state"] == "ready"
         }

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from cortex.spec import ModelSpec
@@ -82,11 +89,20 @@ class GatewaySection(BaseModel):
     # SQLite in the state dir by default ($CORTEX_STATE_DIR, else ~/.local/state/cortex);
     # "postgresql://user:pass@host:port/db" where several gateways share one.
     state_dir: Path | None = None
+    # HTTPS on the API listeners (listen and ollama_listen): both files, PEM, or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     database_url: str | None = Field(default=None, repr=False)
     # Responses API (store: true): how long a response stays retrievable and usable as a
     # previous_response_id, and how many are kept at most (the oldest go first).
     responses_ttl_s: float = Field(default=30 * 24 * 3600, gt=0)
     responses_max_stored: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySection:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise PydanticCustomError("tls_pair", "tls_cert and tls_key go together: set both")
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -94,11 +95,13 @@ def serve(
     graceful_s: float,
     on_shutdown: Callable[[], None] | None = None,
     also: Sequence[tuple[str, int]] = (),
+    tls: tuple[Path, Path] | None = None,
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM; open requests get ``graceful_s`` to finish.
 
     ``also``: more addresses that serve the same app, in the same process (one
-    lifespan, one fleet state), such as Ollama's port."""
+    lifespan, one fleet state), such as Ollama's port. ``tls``: (certificate, key)
+    PEM files: every address speaks HTTPS."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -108,6 +111,8 @@ def serve(
         access_log=False,
         proxy_headers=False,  # nothing here reads X-Forwarded-*; skip parsing them
         timeout_graceful_shutdown=graceful_s,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
     )
     if not also:
         Server(config, on_shutdown).run()

@@ -240,3 +240,13 @@ def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
 def test_parse_host_port_rejects(text: str, expected: str) -> None:
     with pytest.raises(ValueError, match=expected):
         parse_host_port(text)
+
+
+def test_tls_needs_both_files() -> None:
+    from pydantic import ValidationError
+
+    from cortex.config import GatewaySection
+
+    assert GatewaySection(tls_cert="/c.pem", tls_key="/k.pem").tls_cert is not None
+    with pytest.raises(ValidationError, match="tls_cert and tls_key go together"):
+        GatewaySection(tls_cert="/c.pem")

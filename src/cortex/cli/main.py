@@ -125,13 +125,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_at = parse_host_port(config.gateway.metrics_listen)
         metrics = start_metrics_server(*metrics_at, registry, token)
         host, port = parse_host_port(config.gateway.listen)
-        console.print(
-            f"cortex: serving on http://{host}:{port} (metrics on {config.gateway.metrics_listen})"
-        )
         gateway = config.gateway
+        tls = (gateway.tls_cert, gateway.tls_key) if gateway.tls_cert and gateway.tls_key else None
+        scheme = "https" if tls else "http"
+        console.print(
+            f"cortex: serving on {scheme}://{host}:{port} "
+            f"(metrics on {config.gateway.metrics_listen})"
+        )
         also = [parse_host_port(gateway.ollama_listen)] if gateway.ollama_listen else []
         if gateway.ollama_listen:
-            console.print(f"cortex: and for Ollama clients on http://{gateway.ollama_listen}")
+            console.print(f"cortex: and for Ollama clients on {scheme}://{gateway.ollama_listen}")
         serve(
             app,
             host,
@@ -140,6 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             graceful_s=gateway.shutdown_grace_s + SHUTDOWN_FLUSH_S,
             on_shutdown=lambda: begin_shutdown(app),
             also=also,
+            tls=tls,
         )
     except KeyboardInterrupt:
         pass
