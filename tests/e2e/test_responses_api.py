@@ -12,7 +12,7 @@ import jsonschema
 import openai
 import pytest
 
-from procs import BUNDLED, MODEL, Gateway, Neuron, gateway_config
+from procs import BUNDLED, MODEL, Gateway, Neuron, gateway_config, metric, wait_for
 
 GREEDY = {"temperature": 0}
 QUESTION = "What is the capital of France? Answer in one word."
@@ -57,8 +57,17 @@ def client(gateway: Gateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
 
 
-def test_a_string_input(client: openai.OpenAI) -> None:
+def test_a_string_input(client: openai.OpenAI, gateway: Gateway) -> None:
+    counted = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+    before = metric(counted, "cortex_requests_total", dialect="responses", status="200")
     response = client.responses.create(model=MODEL, input=QUESTION, max_output_tokens=24, **GREEDY)
+    wait_for(  # counted under its own dialect, apart from chat completions
+        lambda: (
+            metric(counted, "cortex_requests_total", dialect="responses", status="200")
+            == before + 1
+        ),
+        "the request counted with dialect=responses",
+    )
     assert response.id.startswith("resp_") and response.object == "response"
     assert response.status == "completed" and response.incomplete_details is None
     assert response.model == MODEL

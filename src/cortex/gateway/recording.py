@@ -32,6 +32,7 @@ from cortex.request_ids import REQUEST_ID_HEADER, request_id_of
 log = logging.getLogger("cortex.gateway.requests")
 
 OVERHEAD_HEADER = "x-cortex-overhead-ms"
+RESPONSES_PATH = "/v1/responses"
 # Ollama's routes that a neuron answers; the rest (/api/tags, /api/pull...) are not requests
 # of a model in the metrics' sense.
 OLLAMA_RECORDED = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings"})
@@ -105,6 +106,8 @@ def forwarded_headers() -> dict[str, str]:
 def _dialect(path: str) -> str:
     if path.startswith(ANTHROPIC_PATH):
         return "anthropic"
+    if path.startswith(RESPONSES_PATH):  # Codex and the SDKs' responses: told apart
+        return "responses"
     return "ollama" if path.startswith(OLLAMA_PATH) else "openai"
 
 
