@@ -154,6 +154,13 @@ class AuthenticationFailed(CortexError):
     kind = "authentication"
 
 
+class NotFound(CortexError):
+    """Something named in the path is not here (a finished request, a stored response)."""
+
+    status = 404
+    kind = "not_found"
+
+
 class ModelNotFound(CortexError):
     status = 404
     kind = "not_found"

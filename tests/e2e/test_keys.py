@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from procs import BUNDLED, MODEL, Gateway, Neuron, metric
+from procs import BUNDLED, MODEL, Gateway, Neuron, metric, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -250,7 +251,7 @@ def test_max_parallel_counts_streams_until_they_end(gateway: Gateway) -> None:
 # -- exact usage -------------------------------------------------------------------------------
 
 
-def test_usage_equals_what_the_clients_were_told(gateway: Gateway) -> None:
+def test_usage_equals_what_the_clients_were_told(gateway: Gateway, neuron: Neuron) -> None:
     keys = {dialect: new_key(gateway) for dialect in ("openai", "anthropic", "ollama", "cut")}
     told = {d: {"requests": 0, "input_tokens": 0, "cached_tokens": 0, "output_tokens": 0}
             for d in keys}  # fmt: skip
@@ -288,12 +289,17 @@ def test_usage_equals_what_the_clients_were_told(gateway: Gateway) -> None:
             assert answer.status_code == 200, answer.text
             last = json.loads(answer.text.strip().splitlines()[-1])
             tell("ollama", last["prompt_eval_count"], last["eval_count"])
-    # streams cancelled after their first chunk: counted as requests, with what the neuron
-    # reported generating before the cut (at most their max_tokens)
+    # Streams cancelled after their first token: the client is told nothing of usage, so
+    # what counts is what the neuron generated before the cut, by its own count of each
+    # request (GET /requests/{id}, contract 1.3), which the gateway asks for afterwards.
     cut = chat(gateway, keys["cut"]["key"])
-    for _ in range(3):
-        stream = cut.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, stream=True)
-        next(iter(stream))
+    cut_ids = [f"cut-{uuid.uuid4().hex}" for _ in range(3)]
+    for request_id in cut_ids:
+        stream = cut.chat.completions.create(
+            model=MODEL, messages=HELLO, max_tokens=64, stream=True,
+            extra_headers={"x-request-id": request_id},
+        )  # fmt: skip
+        next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
         stream.close()
     # the usage flush runs every second; `cortex usage` reads what is stored
     for dialect in ("openai", "anthropic", "ollama"):
@@ -301,13 +307,31 @@ def test_usage_equals_what_the_clients_were_told(gateway: Gateway) -> None:
         if dialect != "openai":  # their clients are not told of cached tokens
             expected["cached_tokens"] = usage_of(gateway, keys[dialect]["id"])["cached_tokens"]
         assert usage_of(gateway, keys[dialect]["id"]) == expected, dialect
-    wait = time.monotonic() + 30
-    while usage_of(gateway, keys["cut"]["id"])["requests"] < 3:
-        assert time.monotonic() < wait, "the cancelled streams were never counted"
-        time.sleep(0.2)
-    cancelled = usage_of(gateway, keys["cut"]["id"])
-    assert cancelled["requests"] == 3 and cancelled["errors"] == 0
-    assert cancelled["output_tokens"] <= 3 * 8
+    generated = {"requests": 3, "errors": 0, "input_tokens": 0, "cached_tokens": 0,
+                 "output_tokens": 0}  # fmt: skip
+    for request_id in cut_ids:
+        finished = neuron_count(neuron, request_id)
+        assert finished["finish"] == "cancelled", finished
+        generated["input_tokens"] += finished["prompt_tokens"]
+        generated["cached_tokens"] += finished["cached_tokens"]
+        generated["output_tokens"] += finished["completion_tokens"]
+    assert 3 <= generated["output_tokens"] < 3 * 64  # the first chunks came; the rest did not
+    wait_for(
+        lambda: usage_of(gateway, keys["cut"]["id"]) == generated,
+        f"the cancelled streams counted as the neuron generated them: {generated}",
+        timeout_s=30,
+        interval_s=0.3,
+    )
+
+
+def neuron_count(neuron: Neuron, request_id: str) -> dict[str, Any]:
+    """The neuron's own count of a finished generation (once the cut has reached it)."""
+    url = f"{neuron.url}/requests/{request_id}"
+    wait_for(
+        lambda: httpx.get(url, headers=neuron.headers, timeout=5).status_code == 200,
+        f"neuron's count of {request_id}",
+    )
+    return httpx.get(url, headers=neuron.headers, timeout=5).json()
 
 
 def test_protect_ui_puts_the_dashboard_and_metrics_behind_the_admin_token(

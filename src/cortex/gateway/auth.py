@@ -19,6 +19,7 @@ is never logged: its id is.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -238,9 +239,36 @@ class AuthGate:
             _account(state, identity, current)
 
 
+_recounts: set[asyncio.Task[None]] = set()
+
+
 def _account(state: GatewayState, identity: Identity, done: RequestRecord) -> None:
-    """The request's usage, once its response has ended (a cancelled stream included:
-    what the neuron reported generating before the cut)."""
+    """The request's usage, once its response has ended. A client that left mid-answer
+    took the neuron's report with it: its request is accounted once the node has said
+    what it generated up to the cut (a background task; the response is long gone)."""
+    if not done.client_left:
+        _add_usage(state, identity, done)
+        return
+    task = asyncio.create_task(_account_after_cut(state, identity, done))
+    _recounts.add(task)
+    task.add_done_callback(_recounts.discard)
+
+
+async def _account_after_cut(state: GatewayState, identity: Identity, done: RequestRecord) -> None:
+    ended = time.perf_counter()
+    try:
+        finished = await state.proxy.finished_counts(done.node, done.request_id)
+    except Exception:  # accounting must happen, with what is known, whatever the node does
+        log.exception("request %s: no count from node %s", done.request_id, done.node)
+        finished = None
+    if finished is not None:
+        done.apply_report(finished.model_dump())
+    _add_usage(state, identity, done, duration_s=ended - done.started)
+
+
+def _add_usage(
+    state: GatewayState, identity: Identity, done: RequestRecord, duration_s: float | None = None
+) -> None:
     tokens = done.prompt_tokens + done.completion_tokens
     if identity.key is not None:
         state.limiter.spend(identity.key_id, tokens)
@@ -250,7 +278,7 @@ def _account(state: GatewayState, identity: Identity, done: RequestRecord) -> No
         input_tokens=done.prompt_tokens,
         cached_tokens=done.cached_tokens,
         output_tokens=done.completion_tokens,
-        duration_s=time.perf_counter() - done.started,
+        duration_s=time.perf_counter() - done.started if duration_s is None else duration_s,
         error=not 0 < done.status < 400,
     )
 

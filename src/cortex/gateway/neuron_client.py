@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
@@ -21,6 +22,7 @@ from cortex.errors import CortexError, InsufficientMemory, UpstreamError
 from cortex.protocol.errors import error_from_openai_body
 from cortex.protocol.neuron import (
     EstimateAnswer,
+    FinishedRequest,
     LoadAnswer,
     MemoryRefusal,
     NodeStatus,
@@ -88,6 +90,11 @@ class NeuronClient(Protocol):
 
     async def unload(self, model_id: str, timeout_s: float = 120) -> UnloadAnswer: ...
 
+    async def finished(self, request_id: str, timeout_s: float = 5) -> FinishedRequest | None:
+        """A finished generation's counts (contract 1.3); None while it runs, once the
+        node has forgotten it, or from an older node."""
+        ...
+
     async def open_stream(
         self, path: str, body: bytes, headers: dict[str, str]
     ) -> UpstreamResponse:
@@ -122,6 +129,16 @@ class HttpNeuronClient:
         if reason is not None:
             raise NeuronIncompatible(reason, contract)
         return self._parse(NodeStatus, "/status", body)
+
+    async def finished(self, request_id: str, timeout_s: float = 5) -> FinishedRequest | None:
+        path = f"/requests/{quote(request_id, safe='')}"
+        try:
+            body = await self._json("GET", path, headers=self._admin_headers(), timeout_s=timeout_s)
+        except CortexError as error:
+            if error.status == 404:
+                return None
+            raise
+        return self._parse(FinishedRequest, "/requests", body)
 
     async def load(self, spec: ModelSpec, timeout_s: float = 1800) -> LoadAnswer:
         body = await self._admin("/models/load", spec, timeout_s)

@@ -29,6 +29,7 @@ from cortex.gateway.recording import record
 from cortex.gateway.renderers import Renderer
 from cortex.gateway.scheduler import Scheduler
 from cortex.protocol.errors import error_from_openai_body
+from cortex.protocol.neuron import FinishedRequest
 from cortex.protocol.prefix_digest import Chain
 from cortex.protocol.sse import (
     DONE,
@@ -240,6 +241,27 @@ class Proxy:
             pending.discard(task)
             self._cut.discard(task)
 
+    async def finished_counts(
+        self, node: str, request_id: str, within_s: float = 10.0
+    ) -> FinishedRequest | None:
+        """What a generation whose client left really counted, from its node. The node
+        records it once the engine has stopped the sequence (its next step), so this
+        asks a few times; None when the node cannot tell (gone, older, forgotten)."""
+        client = self._clients.get(node)
+        if client is None:
+            return None
+        deadline = time.monotonic() + within_s
+        pause = 0.05
+        while True:
+            try:
+                finished = await client.finished(request_id)
+            except CortexError:
+                return None
+            if finished is not None or time.monotonic() + pause > deadline:
+                return finished
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
     def cut_node(self, name: str) -> None:
         """The node went down (the poller says so): end every answer still awaited or
         read from it, so its clients get an error now rather than wait on a frozen host."""
@@ -271,9 +293,16 @@ class Proxy:
 
     async def fetch(self, request: UpstreamRequest) -> tuple[Node, bytes]:
         """A non-streamed answer: the node that served it, and the body."""
-        upstream = await self.open(request)
+        try:
+            upstream = await self.open(request)
+        except asyncio.CancelledError:
+            _note_client_left()
+            raise
         try:
             body = await upstream.response.read()
+        except asyncio.CancelledError:
+            _note_client_left()
+            raise
         except aiohttp.ClientError as exc:
             if upstream.ended_by is not None:
                 raise upstream.ended_by from None
@@ -363,8 +392,18 @@ class Proxy:
             yield renderer.error(cut)
         except CortexError as error:
             yield renderer.error(error)
+        except (asyncio.CancelledError, GeneratorExit):
+            if not ended:  # the client left mid-stream: its report will not come
+                _note_client_left()
+            raise
         finally:
             upstream.close()
+
+
+def _note_client_left() -> None:
+    current = record()
+    if current is not None and current.node:
+        current.client_left = True
 
 
 def _note_report(event: bytes) -> None:

@@ -56,6 +56,9 @@ class RequestRecord:
     overhead_s: float | None = None  # the gateway's own time, once the response starts
     cached_tokens: int = 0  # of the prompt, served from the neuron's prefix cache
     key_id: str = ""  # who sent it (``auth.Identity``): never the key itself
+    # The client left once the node had the request: no report came, the node's own
+    # count of what it generated is asked for afterwards (``Proxy.finished_counts``).
+    client_left: bool = False
 
     def sending(self, node: str, waited_s: float) -> None:
         self.node = node

@@ -13,11 +13,12 @@ from starlette.routing import Route
 
 from cortex.bodies import MIB, read_body
 from cortex.disconnect import unless_disconnected
-from cortex.errors import InvalidRequest
+from cortex.errors import InvalidRequest, NotFound
 from cortex.neuron.api import chat as chat_api
 from cortex.neuron.api import completions as text_completions
 from cortex.neuron.api import embeddings as text_embeddings
 from cortex.neuron.api import generation
+from cortex.neuron.api.finished import finished_requests
 from cortex.neuron.api.generation import Prepared
 from cortex.neuron.prompt.render import plan_tools, render_prompt
 from cortex.neuron.runtime.manager import ModelManager
@@ -199,6 +200,15 @@ async def embeddings(request: Request) -> Response:
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
+async def finished_request(request: Request) -> Response:
+    """A finished generation's counts by the gateway's request id (contract 1.3)."""
+    request_id = request.path_params["request_id"]
+    finished = finished_requests.get(request_id)
+    if finished is None:
+        raise NotFound(f"No finished generation with request id '{request_id}' is known here.")
+    return Response(finished.model_dump_json(), media_type="application/json")
+
+
 ROUTES = [
     Route("/health", health, methods=["GET"]),
     Route("/status", status, methods=["GET"]),
@@ -212,6 +222,7 @@ ROUTES = [
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/metrics", metrics, methods=["GET"]),
+    Route("/requests/{request_id}", finished_request, methods=["GET"]),
 ]
 
 DEBUG_ROUTES = [Route("/debug/fault", inject_fault, methods=["POST"])]

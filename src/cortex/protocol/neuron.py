@@ -23,7 +23,9 @@ from cortex.spec import ModelSpec, SamplingDefaults
 # 1.2: LoadAnswer.outcome (a load of a model already loading joins it); a 507 from
 # /models/load carries MemoryRefusal's numbers; a load still fetching its files is
 # listed in /status as ``loading`` on no device yet.
-CONTRACT_VERSION = "1.2"
+# 1.3: GET /requests/{request_id}: a finished generation's counts (FinishedRequest), so
+# the gateway can account a stream its client left, which ended with no report.
+CONTRACT_VERSION = "1.3"
 
 
 def contract_major(version: str) -> str:
@@ -238,3 +240,16 @@ class GenerationReport(_Wire):
     completion_tokens: int
     cached_tokens: int
     ttft_ms: float | None  # None when no token came
+
+
+# --- GET /requests/{request_id} ----------------------------------------------------------
+
+
+class FinishedRequest(GenerationReport):
+    """A generation that has ended, by the request id the gateway sent: kept a while so
+    that a stream cut by its client (whose report never reached the gateway) is counted
+    for what it generated. 404 while it runs, or once forgotten."""
+
+    request_id: str
+    model: str
+    finish: str  # stop | length | tool_calls | cancelled | error

@@ -23,6 +23,7 @@ from cortex.errors import (
     Overloaded,
     UpstreamError,
 )
+from cortex.neuron.api.finished import finished_requests
 from cortex.neuron.engines.base import (
     EngineFault,
     EngineInfo,
@@ -36,6 +37,7 @@ from cortex.neuron.prompt.render import ToolPlan
 from cortex.neuron.runtime.manager import ModelState, ServingModel
 from cortex.neuron.runtime.sink import QueueSink
 from cortex.protocol import openai as oa
+from cortex.protocol.neuron import FinishedRequest
 from cortex.request_ids import current_request_id
 from cortex.spec import SamplingDefaults
 
@@ -257,8 +259,13 @@ def _record(model: ServingModel, prepared: Prepared, cancelled: bool = False) ->
                 drafts.labels(model.id, "accepted").inc(done.accepted_tokens)
                 drafts.labels(model.id, "rejected").inc(done.drafted_tokens - done.accepted_tokens)
     report = prepared.report()
+    request_id = current_request_id.get()
+    if request_id:
+        finished_requests.add(
+            FinishedRequest(request_id=request_id, model=model.id, finish=finish, **report)
+        )
     fields = {
-        "request_id": current_request_id.get(),
+        "request_id": request_id,
         "model": model.id,
         "finish": finish,
         **report,
