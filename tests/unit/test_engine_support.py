@@ -40,3 +40,25 @@ def test_this_install_is_probed_for_real() -> None:
     import llama_cpp
 
     assert devices._llamacpp_offloads() is bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def test_a_gguf_model_skips_a_gpu_llamacpp_cannot_use(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The neuron's own choice: on a CPU-only llama.cpp build a GGUF model goes to the
+    CPU, not to the GPU placement would otherwise count it against; dense still may."""
+    from fakes import FakeFiles
+
+    from cortex.neuron.runtime import manager as manager_module
+    from cortex.neuron.runtime.manager import ModelManager
+
+    monkeypatch.setattr(devices, "_llamacpp_offloads", lambda: False)
+    monkeypatch.setattr(devices, "_torch_cuda", lambda: "cuda")
+    monkeypatch.setattr(
+        manager_module, "read_memory", lambda device: devices.MemoryReading(80000, 70000)
+    )
+    manager = ModelManager([CPU, GPU], None, files=FakeFiles(tmp_path).model_files())
+    assert manager._pick_device(gguf=True) is CPU
+    assert manager._pick_device(gguf=False) is GPU
+    gpu_status = next(d for d in manager.devices_status() if d.id == "cuda:0")
+    assert gpu_status.engines == {"gguf": "cpu-only build", "dense": "cuda"}

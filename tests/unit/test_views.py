@@ -88,6 +88,7 @@ FLEET_JSON: dict[str, Any] = {
                     "memory_free_mb": 70000,
                     "memory_budget_mb": 40000,
                     "memory_used_by_models_mb": 30000,
+                    "engines": {"gguf": "cpu-only build", "dense": "cuda"},
                 },
             ],
             models=[
@@ -149,6 +150,8 @@ def test_fleet_shows_nodes_devices_and_models() -> None:
     line_with(text, "models", "300 MB")  # no budget: just what its models hold
     line_with(text, "NVIDIA H100", "memory", "10000/80000 MB")
     line_with(text, "budget", "30000/40000 MB", "used by models")
+    # a GPU this llama.cpp cannot use is said so, with the fix
+    line_with(text, "engines", "gguf: cpu-only build", "dense: cuda", "CORTEX_GPU=cuda")
     # models per node: state, in flight, queued, memory
     line_with(text, "smollm2-135m-instruct", "ready", "2 in flight", "1 queued", "300 MB")
     line_with(text, "qwen3-8b", "recovering", "0 in flight", "0 queued")

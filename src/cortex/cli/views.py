@@ -244,6 +244,14 @@ def _devices_grid(devices: list[DeviceStatus]) -> Table:
             grid.add_row("", "budget", _bar(used, budget), numbers, "used by models")
         elif used:
             grid.add_row("", "models", "", Text(f"{used} MB", style="cyan"))
+        engines = device.engines
+        if device.id != "cpu" and engines:  # a GPU: say what each engine can do on it
+            unusable = engines.get("gguf") not in (None, "cuda")
+            line = Text(f"gguf: {engines.get('gguf', '?')}, dense: {engines.get('dense', '?')}")
+            if unusable:
+                line.stylize("yellow")
+                line.append("  (CORTEX_GPU=cuda scripts/setup.sh to use it)", style="dim")
+            grid.add_row("", "engines", line)
     return grid
 
 

@@ -51,8 +51,7 @@ def create_app(settings: NeuronSettings) -> Starlette:
         app.state.settings = settings
         app.state.manager = manager
         app.state.metrics = metrics
-        support = devices.engine_support(found)
-        app.state.engine_support = support
+        support = manager.engine_support
         for device in found:
             engines = support[device.id]
             log.info(

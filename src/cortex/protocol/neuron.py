@@ -24,7 +24,8 @@ from cortex.spec import ModelSpec, SamplingDefaults
 # /models/load carries MemoryRefusal's numbers; a load still fetching its files is
 # listed in /status as ``loading`` on no device yet.
 # 1.3: GET /requests/{request_id}: a finished generation's counts (FinishedRequest), so
-# the gateway can account a stream its client left, which ended with no report.
+# the gateway can account a stream its client left, which ended with no report;
+# DeviceStatus.engines (what llama.cpp and torch can do on each device).
 CONTRACT_VERSION = "1.3"
 
 
@@ -71,6 +72,10 @@ class DeviceStatus(_Wire):
     memory_free_mb: int
     memory_budget_mb: int | None  # the node's --memory-budget-mb, per device
     memory_used_by_models_mb: int
+    # 1.3: what each engine can do here, as the node's install was built: "gguf" is
+    # "cpu", "cuda" or "cpu-only build" (a GPU this llama.cpp cannot use: no GGUF model
+    # is placed on it); "dense" is "cpu", "cuda", "cpu-only torch" or "not installed".
+    engines: dict[str, str] = Field(default_factory=dict)
 
 
 class EngineFaultStatus(_Wire):

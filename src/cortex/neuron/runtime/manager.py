@@ -46,7 +46,7 @@ from cortex.neuron.files.estimate import MemoryEstimate, estimate_memory
 from cortex.neuron.files.sampling_defaults import read_sampling_defaults
 from cortex.neuron.files.sources import headers_of, prepare_source
 from cortex.neuron.metrics import NeuronMetrics
-from cortex.neuron.runtime.devices import Device, read_memory
+from cortex.neuron.runtime.devices import Device, engine_support, read_memory
 from cortex.neuron.runtime.engine_process import EngineExit, EngineLoadFailed, EngineProcess
 from cortex.protocol.neuron import (
     DeviceStatus,
@@ -269,6 +269,12 @@ class ModelManager:
         self._files = files or ModelFiles()
         self._host_cache_mb = kv_host_cache_mb  # the node's host-RAM budget for KV tiers
         self._devices = list(devices)
+        # what each engine can do on each device, as this install was built (probed once)
+        self.engine_support = engine_support(self._devices)
+        self._engine_status = {
+            device_id: {"gguf": support.gguf, "dense": support.dense}
+            for device_id, support in self.engine_support.items()
+        }
         self._cpu_tp_ranks = cpu_tp_ranks  # ranks tensor_parallel may use on a GPU-less node
         self._budget_mb = memory_budget_mb
         self._deadline_s = step_deadline_s
@@ -322,6 +328,7 @@ class ModelManager:
                     memory_free_mb=reading.free_mb,
                     memory_budget_mb=self._budget_mb,
                     memory_used_by_models_mb=self._used_mb(device),
+                    engines=self._engine_status[device.id],
                 )
             )
         return out
@@ -366,7 +373,7 @@ class ModelManager:
         async with self._lock:
             estimate = await asyncio.to_thread(self._files.estimate, path, spec)
             file_sampling = await asyncio.to_thread(self._files.sampling_defaults, path)
-            device = self._pick_device()
+            device = self._pick_device(gguf=path.suffix == ".gguf")
             try:
                 # under the lock and with no await before the model is registered: the
                 # check and the claim on the memory are one step
@@ -584,9 +591,14 @@ class ModelManager:
             free_mb=free_mb,
         )
 
-    def _pick_device(self) -> Device:
-        # GPUs first (the CPU is the fallback), the one with most free memory.
-        gpus = [d for d in self._devices if d.id != "cpu"]
+    def _pick_device(self, gguf: bool = False) -> Device:
+        # GPUs first (the CPU is the fallback), the one with most free memory; for GGUF
+        # only GPUs this llama.cpp build can offload to (a CPU-only build runs on the CPU).
+        gpus = [
+            d
+            for d in self._devices
+            if d.id != "cpu" and (not gguf or self.engine_support[d.id].gguf_usable)
+        ]
         if gpus:
             return max(gpus, key=lambda d: read_memory(d).free_mb)
         return self._devices[0]
