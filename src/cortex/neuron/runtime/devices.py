@@ -95,7 +95,7 @@ def engine_support(found: list[Device]) -> dict[str, EngineSupport]:
     """Per device id. The probes import llama.cpp and torch, so they run only on a node
     that has GPUs: a CPU node pays nothing at start-up."""
     support = {d.id: EngineSupport("cpu", "cpu") for d in found if d.id == "cpu"}
-    gpus = [d for d in found if d.id.startswith("cuda:")]
+    gpus = [d for d in found if d.id != "cpu"]
     if not gpus:
         return support
     gguf = "cuda" if _llamacpp_offloads() else "cpu-only build"
