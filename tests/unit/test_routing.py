@@ -10,7 +10,7 @@ from cortex.config import EvictionSection, NeuronEndpoint
 from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet
 from cortex.gateway.metrics import GatewayMetrics
-from cortex.gateway.routing import choose_holder
+from cortex.gateway.routing import choose_holder, estimate_cost
 from cortex.gateway.scheduler import Scheduler
 from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus, NodeStatus
 from cortex.protocol.prefix_digest import MIN_SHARED_CHARS, Chain, chain_of
@@ -154,3 +154,78 @@ def test_unloading_forgets_what_was_routed() -> None:
     assert node.prefix_depth("m", ["x"]) == 1 and node.prefix_depth("m", ["q", "y"]) == 2
     fleet.record_unloaded("a", "m")
     assert node.prefix_depth("m", ["x"]) == 0 and node.prefix_depth("m", ["q", "y"]) == 0
+
+
+# -- copies: least outstanding tokens ---------------------------------------------------------
+
+WIDE = ModelSpec(id="m", source="file:/models/m.gguf", max_batch=8)
+
+
+def wide_model(digest: list[str] | None = None) -> ModelStatus:
+    return model(digest).model_copy(update={"spec": WIDE})
+
+
+def test_the_copy_with_fewest_outstanding_tokens_wins_over_fewer_requests() -> None:
+    fleet = fleet_of(a=wide_model(), b=wide_model())
+    fleet.nodes["a"].begin("m", 3000)  # one long request
+    fleet.nodes["b"].begin("m", 100)  # two short ones
+    fleet.nodes["b"].begin("m", 100)
+    assert choose_holder(fleet.holders("m"), "m", None).name == "b"
+    fleet.nodes["b"].begin("m", 3000)
+    assert choose_holder(fleet.holders("m"), "m", None).name == "a"
+
+
+def test_a_prefix_is_followed_until_its_node_is_a_batch_behind() -> None:
+    """a holds the conversation. One batch's worth = max_batch (8) x the mean request in
+    flight; a may be behind b by that much, not more."""
+    fleet = fleet_of(a=wide_model(digest=hashes("rivers", 1)), b=wide_model())
+    a, b = fleet.nodes["a"], fleet.nodes["b"]
+    a.begin("m", 1000)
+    b.begin("m", 100)  # a is 900 behind; a batch is 8 x 550
+    assert choose_holder(fleet.holders("m"), "m", conversation("rivers", 2)).name == "a"
+    for _ in range(4):
+        a.begin("m", 20_000)
+    # a is 80 900 behind; a batch is 8 x 81 100 / 6: still a
+    assert choose_holder(fleet.holders("m"), "m", conversation("rivers", 2)).name == "a"
+    for _ in range(5):
+        b.begin("m", 10)
+    # now 11 requests, mean 7 377; a batch is 59 018; a is 80 850 behind: b
+    assert choose_holder(fleet.holders("m"), "m", conversation("rivers", 2)).name == "b"
+
+
+async def test_a_session_leaves_its_node_once_it_is_a_batch_behind() -> None:
+    fleet = fleet_of(a=model(), b=model())
+    scheduler = scheduler_of(fleet)
+    first = await scheduler.acquire("m", session="s1", tokens=100)
+    scheduler.release(first, "m", 100)
+    assert first.name == "a"
+    fleet.nodes["a"].begin("m", 500)
+    again = await scheduler.acquire("m", session="s1", tokens=100)
+    assert again.name == "a"  # 500 behind, a batch is 2 x 500: stays
+    scheduler.release(again, "m", 100)
+    fleet.nodes["b"].begin("m", 10)
+    fleet.nodes["a"].begin("m", 9500)  # 9990 behind, a batch is 2 x 3337: moves
+    moved = await scheduler.acquire("m", session="s1", tokens=100)
+    assert moved.name == "b"
+
+
+def test_released_tokens_are_given_back() -> None:
+    fleet = fleet_of(a=model())
+    node = fleet.nodes["a"]
+    node.begin("m", 300)
+    node.begin("m", 200)
+    node.end("m", 300)
+    assert node.outstanding_tokens("m") == 200
+    node.end("m", 200)
+    assert node.outstanding_tokens("m") == 0 and "m" not in node.tokens
+
+
+def test_a_requests_cost_is_its_prompt_bytes_over_four_and_its_max_tokens() -> None:
+    body = b'{"messages":[{"role":"user","content":"' + b"x" * 360 + b'"}],"max_tokens":50}'
+    cost = estimate_cost(body)
+    assert (cost.prompt, cost.max_new) == (len(body) // 4, 50)
+    assert cost.capped(4096) == len(body) // 4 + 50
+    assert cost.capped(64) == 64  # never more than the context
+    unbounded = estimate_cost(b'{"prompt":"hi","max_completion_tokens":7}')
+    assert unbounded.max_new == 7
+    assert estimate_cost(b'{"prompt":"hi"}').capped(4096) == 4096  # may run to the end

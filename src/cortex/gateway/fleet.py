@@ -58,6 +58,10 @@ class Node:
     leaving: set[str] = field(default_factory=set)
     reserved_mb: dict[str, int] = field(default_factory=dict)  # by device id
     routed_prefixes: dict[str, PrefixSet] = field(default_factory=dict)  # by model id
+    # Tokens of the requests in ``active``, by model id (prompt estimate + max_tokens):
+    # what routing spreads over a model's copies, since one long request weighs more
+    # than several short ones.
+    tokens: dict[str, int] = field(default_factory=dict)
     # Restarts of a neuron this gateway supervises (the embedded default's), read live.
     restarts: Callable[[], int] | None = None
 
@@ -78,17 +82,24 @@ class Node:
         """How busy the node is, for least-loaded routing."""
         return sum(self.in_flight(model_id) for model_id in self.models.keys() | self.active.keys())
 
-    def begin(self, model_id: str) -> None:
+    def begin(self, model_id: str, tokens: int = 0) -> None:
         self.active[model_id] = self.active.get(model_id, 0) + 1
+        self.tokens[model_id] = self.tokens.get(model_id, 0) + tokens
         self.routed_at[model_id] = time.time()
 
-    def end(self, model_id: str) -> None:
+    def end(self, model_id: str, tokens: int = 0) -> None:
         left = self.active.get(model_id, 0) - 1
         if left > 0:
             self.active[model_id] = left
+            self.tokens[model_id] = max(0, self.tokens.get(model_id, 0) - tokens)
         else:
             self.active.pop(model_id, None)
+            self.tokens.pop(model_id, None)
         self.routed_at[model_id] = time.time()
+
+    def outstanding_tokens(self, model_id: str) -> int:
+        """Tokens of the requests this gateway has in flight for the model here."""
+        return self.tokens.get(model_id, 0)
 
     def in_flight(self, model_id: str) -> int:
         """Requests running or queued for the model here, as best this gateway knows."""

@@ -69,6 +69,7 @@ class Upstream:
         self.model_id = model_id
         self.response = response
         self._scheduler = scheduler
+        self.tokens = 0  # what it is counted for on its node (``Scheduler.request_tokens``)
         self._closed = False
         self.on_close: list[Callable[[Upstream], None]] = []
         self.fingerprint = ""
@@ -78,7 +79,7 @@ class Upstream:
         if not self._closed:
             self._closed = True
             self.response.close()  # drops the connection: the neuron sees the disconnect
-            self._scheduler.release(self.node, self.model_id)
+            self._scheduler.release(self.node, self.model_id, self.tokens)
             for callback in self.on_close:
                 callback(self)
 
@@ -158,10 +159,11 @@ class Proxy:
         self.poison.check(key, model_id)
         tried: set[str] = set()
         last_error: CortexError | None = None
+        tokens = self._scheduler.request_tokens(model_id, request.body)
         for _ in range(max(1, len(self._fleet.nodes))):
             asked = time.perf_counter()
             node = await self._scheduler.acquire(
-                model_id, frozenset(tried), request.session, request.prefix
+                model_id, frozenset(tried), request.session, request.prefix, tokens
             )
             current = record()
             if current is not None:
@@ -169,7 +171,7 @@ class Proxy:
             try:
                 response = await self._opening(node.name, request)
             except BaseException as exc:
-                self._scheduler.release(node, model_id)
+                self._scheduler.release(node, model_id, tokens)
                 if not isinstance(exc, NeuronUnreachable):
                     raise
                 log.warning("node=%s unreachable, trying another: %s", node.name, exc.message)
@@ -179,6 +181,7 @@ class Proxy:
                 last_error = exc
                 continue
             upstream = Upstream(node, model_id, response, self._scheduler)
+            upstream.tokens = tokens
             upstream.fingerprint = key
             self._open.setdefault(node.name, set()).add(upstream)
             upstream.on_close.append(lambda done: self._open[done.node.name].discard(done))
