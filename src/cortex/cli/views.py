@@ -52,7 +52,7 @@ def fleet_view(fleet: FleetView, *, now: float | None = None) -> RenderableType:
         parts.append(Text("No nodes configured.", style="dim"))
 
     if fleet.models:
-        parts.append(_Catalogue(fleet.models))
+        parts.append(_Catalogue(fleet.models, now))
     else:
         parts.append(Text("No models in the catalogue.", style="dim"))
     eviction = fleet.eviction
@@ -102,8 +102,9 @@ class _Catalogue:
 
     WIDE = 140
 
-    def __init__(self, models: list[FleetModel]) -> None:
+    def __init__(self, models: list[FleetModel], now: float) -> None:
         self.models = models
+        self.now = now
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         wide = options.max_width >= self.WIDE
@@ -142,6 +143,31 @@ class _Catalogue:
         yield table
         if not wide and details.row_count:
             yield details
+        scaled = [m for m in self.models if m.replicas and m.replicas.max_replicas > 1]
+        if scaled:
+            yield _replicas(scaled, self.now)
+
+
+def _replicas(models: list[FleetModel], now: float) -> RenderableType:
+    """Per model that may run several copies: where they are, and the last decision why."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for model in models:
+        replicas = model.replicas
+        assert replicas is not None
+        line = Text(f"{len(replicas.copies)} of {replicas.min_replicas}-{replicas.max_replicas}")
+        if replicas.copies:
+            line.append(f" ({', '.join(replicas.copies)})")
+        last = replicas.last_decision
+        if last is not None:
+            where = f" on {last.node}" if last.node else ""
+            line.append(f"  last: {last.action}{where} {_ago(now - last.at)}: ", style="dim")
+            line.append(last.reason, style="dim")
+            if last.error:
+                line.append(f" (failed: {last.error})", style="red")
+        grid.add_row(Text(f"  {model.id}", style="bold"), line)
+    return Group(Text("Copies", style="italic"), grid)
 
 
 def render_models(models: ModelListing, console: Console) -> None:

@@ -139,6 +139,9 @@ def create_app(
             config.gateway.upstream_idle_timeout_s,
         )
         poller.on_node_down = proxy.cut_node
+        # the queue replicas are scaled by, and who to admit once a copy adds places
+        scheduler.replicas.waiting = proxy.admission.waiting
+        scheduler.replicas.places_grew = proxy.admission.places_grew
         app.state.gateway = GatewayState(
             config=config,
             fleet=fleet,

@@ -121,6 +121,13 @@ class FairQueue:
         line = self._lines.get(model_id)
         return line.waiting if line else 0
 
+    def places_grew(self, model_id: str) -> None:
+        """The model got more places (a new copy): admit who waits for them now, rather
+        than at the next release."""
+        line = self._lines.get(model_id)
+        if line is not None:
+            line.admit_waiting()
+
     async def enter(self, model_id: str, tenant: Tenant | None = None) -> Ticket:
         """A place for one request on ``model_id``: at once while there is room and
         nobody waits, else in the tenant's turn."""

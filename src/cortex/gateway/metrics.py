@@ -79,6 +79,12 @@ class GatewayMetrics:
         self.queue_depth = Gauge(
             "cortex_queue_depth", "Requests waiting for a model", ["model"], registry=registry
         )
+        self.replicas = Gauge(
+            "cortex_model_replicas",
+            "Ready copies of a model across the fleet",
+            ["model"],
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "cortex_rate_limited_total",
             "Requests refused for a key's limit (rpm, tpm, parallel) or budget",

@@ -51,7 +51,8 @@ from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable
 from cortex.gateway.placement import LoadPlan, NoRoom, idle_models, plan_defrag, plan_load
 from cortex.gateway.rooms import rooms_of
-from cortex.gateway.routing import choose_holder
+from cortex.gateway.routing import choose_holder, estimate_cost, overloaded
+from cortex.gateway.scaling import ReplicaControl
 from cortex.protocol.neuron import EstimateDetail, ModelState
 from cortex.protocol.prefix_digest import Chain
 from cortex.spec import ModelSpec
@@ -91,6 +92,15 @@ class Scheduler:
         # Idle-unload times set by clients (Ollama's keep_alive), by model id, in seconds
         # (inf: never); the model's next unload forgets its entry.
         self.keep_alive: dict[str, float] = {}
+        # Copies per model (min/max_replicas), run from housekeeping; cold loads stay here.
+        self.replicas = ReplicaControl(
+            fleet,
+            catalogue,
+            metrics,
+            load_copy=self.load_copy,
+            retire=lambda node, model_id: self._unload(node, model_id, reason="scale_down"),
+            cold_loading=lambda model_id: model_id in self._loads,
+        )
 
     # -- routing -----------------------------------------------------------------
 
@@ -110,15 +120,18 @@ class Scheduler:
         exclude: frozenset[str] = frozenset(),
         session: str | None = None,
         prefix: Chain | None = None,
+        tokens: int = 0,
     ) -> Node:
-        """A node to send one request for ``model_id`` to, counted active until ``release``.
+        """A node to send one request for ``model_id`` to, counted active until ``release``
+        (with the same ``tokens``).
 
         ``session``: a client's explicit session key (pins); ``prefix``: the request's
-        chain hashes (``protocol.prefix_digest``), to find the node holding most of it.
+        chain hashes (``protocol.prefix_digest``), to find the node holding most of it;
+        ``tokens``: what it will occupy there (``request_tokens``), spread over copies.
         """
         node = await self._node_for(model_id, exclude, session, prefix)
         # no await since the node was chosen: eviction cannot take the model in between
-        node.begin(model_id)
+        node.begin(model_id, tokens)
         if session is not None:
             self._affinity.remember(session, node.name)
         if prefix is not None:
@@ -126,8 +139,19 @@ class Scheduler:
             node.routed_prefix(model_id, prefix.hashes)
         return node
 
-    def release(self, node: Node, model_id: str) -> None:
-        node.end(model_id)
+    def request_tokens(self, model_id: str, body: bytes) -> int:
+        """A forwarded request's tokens (prompt estimate + max_tokens), capped at the
+        model's context: its weight for spreading requests over copies."""
+        profile = self._catalogue.profiles.get(model_id)
+        if profile is not None:
+            context = profile.context_length
+        else:
+            statuses = (n.models[model_id] for n in self._fleet.holders(model_id))
+            context = next((status.context_length for status in statuses), 4096)
+        return estimate_cost(body).capped(context)
+
+    def release(self, node: Node, model_id: str, tokens: int = 0) -> None:
+        node.end(model_id, tokens)
 
     async def _node_for(
         self, model_id: str, exclude: frozenset[str], session: str | None, prefix: Chain | None
@@ -136,7 +160,8 @@ class Scheduler:
         if holders:
             pinned = self._affinity.get(session) if session else None
             for node in holders:
-                if node.name == pinned:
+                # a session stays on its node unless that node is a batch behind the rest
+                if node.name == pinned and not overloaded(node, holders, model_id):
                     return node
             return choose_holder(holders, model_id, prefix)
         self._raise_if_recovering(model_id, exclude)
@@ -214,6 +239,11 @@ class Scheduler:
         for name in names:
             await self._unload(self._fleet.nodes[name], model_id, reason=None)
         return names
+
+    async def load_copy(self, profile: ModelSpec, avoid: frozenset[str]) -> Node:
+        """Another copy of a model, planned as a cold load away from the nodes in ``avoid``
+        (those holding one already)."""
+        return await self._load(profile, avoid)
 
     # -- loading and eviction --------------------------------------------------------
 
@@ -441,10 +471,14 @@ class Scheduler:
             self.keep_alive[model_id] = seconds
 
     async def run_housekeeping(self) -> None:
-        """Unload models idle past ``idle_unload_after_s`` or their client's keep-alive;
-        runs for the gateway's life."""
+        """Unload models idle past ``idle_unload_after_s`` or their client's keep-alive,
+        and add or retire copies (``scaling``); runs for the gateway's life."""
         while True:
-            await asyncio.sleep(self._housekeeping_interval())
+            interval = self._housekeeping_interval()
+            if self.replicas.configured():
+                interval = min(interval, 1.0)  # a deep queue is measured in seconds
+            await asyncio.sleep(interval)
+            self.replicas.step()  # starts its loads and unloads in the background
             try:
                 await self.unload_idle()
             except CortexError as exc:
@@ -468,6 +502,10 @@ class Scheduler:
             node = self._fleet.nodes[idle.node]
             if node.busy(idle.model_id):  # a request arrived while an earlier unload ran
                 continue
+            profile = self._catalogue.profiles.get(idle.model_id)
+            copies = len(self._fleet.holders(idle.model_id))
+            if profile and profile.min_replicas > 1 and copies <= profile.min_replicas:
+                continue  # min_replicas > 1 keeps its copies warm, as pinned keeps one
             log.info("idle model=%s node=%s idle_s=%.0f", idle.model_id, idle.node, idle.idle_s)
             await self._unload(node, idle.model_id, reason="idle")
             if not self._fleet.holders(idle.model_id):
@@ -502,6 +540,7 @@ class Scheduler:
         return done
 
     async def close(self) -> None:
+        await self.replicas.close()
         for task in list(self._background):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

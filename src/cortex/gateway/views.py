@@ -13,7 +13,7 @@ from typing import Any
 from cortex.gateway.state import GatewayState
 from cortex.protocol import ollama as ol
 from cortex.protocol.anthropic import ModelInfo, ModelPage
-from cortex.protocol.fleet import CatalogueEntry, Placement
+from cortex.protocol.fleet import CatalogueEntry, Placement, Replicas, ScaleDecision
 from cortex.spec import ModelSpec, SamplingDefaults
 
 
@@ -42,6 +42,21 @@ def catalogue_entries(state: GatewayState) -> list[CatalogueEntry]:
             )
         )
     return entries
+
+
+def replicas_view(state: GatewayState, model_id: str) -> Replicas | None:
+    """The model's copies and last scale decision, for ``/fleet``."""
+    profile = state.catalogue.profiles.get(model_id)
+    if profile is None:
+        return None
+    control = state.scheduler.replicas
+    last = control.last.get(model_id)
+    return Replicas(
+        copies=control.copies(model_id),
+        min_replicas=profile.min_replicas,
+        max_replicas=profile.max_replicas,
+        last_decision=ScaleDecision(**last.__dict__) if last else None,
+    )
 
 
 def _sampling_defaults(

@@ -84,8 +84,28 @@ class CatalogueEntry(_Wire):
     sampling_defaults: SamplingDefaults | None = None
 
 
+class ScaleDecision(_Wire):
+    """A model's last replica decision (``gateway/scaling.py``) and why it was made."""
+
+    action: Literal["add", "retire"]
+    node: str | None  # None: an add whose load failed
+    reason: str
+    at: float
+    error: str | None = None  # the add's load failed: why (a retry waits)
+
+
+class Replicas(_Wire):
+    """A model's copies: the nodes where it is ready, its bounds, its last decision."""
+
+    copies: list[str]
+    min_replicas: int
+    max_replicas: int
+    last_decision: ScaleDecision | None = None
+
+
 class FleetModel(CatalogueEntry):
     requests_last_min: int
+    replicas: Replicas | None = None  # None: no profile, so no bounds
 
 
 class EvictionView(_Wire):

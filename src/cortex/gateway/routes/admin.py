@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from cortex.errors import InvalidRequest
 from cortex.gateway.openapi import openapi_json
 from cortex.gateway.state import state_of
-from cortex.gateway.views import catalogue_entries
+from cortex.gateway.views import catalogue_entries, replicas_view
 from cortex.protocol.fleet import (
     DefragAnswer,
     EvictionView,
@@ -75,7 +75,11 @@ async def fleet_view(request: Request) -> Response:
     view = FleetView(
         nodes=[node.view() for node in state.fleet.nodes.values()],
         models=[
-            FleetModel(**dict(entry), requests_last_min=state.recent.rate_per_min(entry.id))
+            FleetModel(
+                **dict(entry),
+                requests_last_min=state.recent.rate_per_min(entry.id),
+                replicas=replicas_view(state, entry.id),
+            )
             for entry in catalogue_entries(state)
         ],
         requests_last_min=state.recent.rate_per_min(),
