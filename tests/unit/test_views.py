@@ -272,3 +272,36 @@ def test_models_list() -> None:
 
 def test_empty_models_list() -> None:
     assert "No models." in rendered(render_models, ModelListing(data=[]))
+
+
+def test_a_model_with_copies_shows_them_and_its_last_decision() -> None:
+    decision = {
+        "action": "add",
+        "node": "b",
+        "reason": "12 waiting (> max_batch 4) for 10 s; copy 2 of at most 2",
+        "at": NOW - 30,
+    }
+    replicas = {"copies": ["a", "b"], "min_replicas": 1, "max_replicas": 2}
+    failed = {"action": "add", "node": None, "reason": "min_replicas=2, 1 up or loading",
+              "at": NOW - 5, "error": "no room on c"}  # fmt: skip
+    fleet = fleet_of(
+        [],
+        [
+            entry("busy", "file:/m.gguf", replicas={**replicas, "last_decision": decision}),
+            entry(
+                "warm",
+                "file:/w.gguf",
+                replicas={
+                    "copies": ["a"],
+                    "min_replicas": 2,
+                    "max_replicas": 2,
+                    "last_decision": failed,
+                },
+            ),
+            entry("single", "file:/s.gguf", replicas={**replicas, "max_replicas": 1}),
+        ],
+    )
+    text = rendered(render_fleet, fleet, now=NOW)
+    line_with(text, "busy", "2 of 1-2 (a, b)", "last: add on b 30s ago", "12 waiting")
+    line_with(text, "warm", "1 of 2-2 (a)", "last: add", "(failed: no room on c)")
+    assert "single  " not in text.split("Copies")[1]  # one copy at most: nothing to show

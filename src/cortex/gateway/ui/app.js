@@ -197,6 +197,18 @@
       h("td", { class: "model-memory num", text: model.memory_mb ? mb(model.memory_mb) : "" }));
   }
 
+  // A model that may run several copies: how many, and the last decision with its reason.
+  function replicasNote(replicas) {
+    if (!replicas || replicas.max_replicas <= 1) return "";
+    const last = replicas.last_decision;
+    let text = `${replicas.copies.length} of ${replicas.min_replicas}-${replicas.max_replicas} copies`;
+    if (last) {
+      text += `; last: ${last.action}${last.node ? ` on ${last.node}` : ""}: ${last.reason}`;
+      if (last.error) text += ` (failed: ${last.error})`;
+    }
+    return h("div", { class: "muted model-replicas", text });
+  }
+
   function catalogueRow(model) {
     const placements = model.placements;
     const state = placements.length
@@ -204,7 +216,7 @@
       : h("span", { class: "muted", text: "not loaded" });
     return h("tr", { class: "catalogue-model", "data-model": model.id },
       h("td", { class: "model-id" }, h("strong", { text: model.id })),
-      h("td", { class: "model-placements" }, state),
+      h("td", { class: "model-placements" }, state, replicasNote(model.replicas)),
       h("td", { class: "num model-rate", text: model.requests_last_min }),
       h("td", { text: model.pinned ? "yes" : "" }),
       h("td", { class: "num", text: model.memory_estimate_mb !== null ? mb(model.memory_estimate_mb) : "–" }),
