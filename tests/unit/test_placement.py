@@ -9,6 +9,7 @@ from cortex.gateway.fleet import Fleet
 from cortex.gateway.placement import (
     LoadPlan,
     Move,
+    Need,
     NoRoom,
     Resident,
     Room,
@@ -195,3 +196,89 @@ def test_rooms_come_from_the_typed_status_within_the_budget() -> None:
     assert by_id.keys() == {"idle", "loading"}
     assert by_id["idle"].priority == 10 and not by_id["idle"].busy
     assert by_id["loading"].busy  # not ready: not idle either
+
+
+# -- several devices: 2 nodes x 4 GPUs of mixed sizes ---------------------------------------
+
+
+def gpus(node: str, sizes: list[int], residents: dict[int, tuple[Resident, ...]] | None = None):
+    return [
+        Room(node, f"cuda:{i}", size, (residents or {}).get(i, ())) for i, size in enumerate(sizes)
+    ]
+
+
+def fleet_2x4() -> list[Room]:
+    return gpus("a", [24000, 24000, 24000, 80000]) + gpus("b", [24000, 80000, 24000, 80000])
+
+
+def test_tp2_lands_on_two_devices_of_one_node_with_the_per_rank_charge() -> None:
+    # 2 x 30000: fits no 24 GB GPU, so only node b's two 80 GB GPUs take it
+    plan = plan_load(fleet_2x4(), Need((30000, 30000)), "lru")
+    assert plan == LoadPlan("b", "cuda:1", (), shares=(("cuda:1", 30000), ("cuda:3", 30000)))
+    assert plan.devices == ("cuda:1", "cuda:3")
+    # 2 x 20000 fits two 24 GB GPUs: the tightest pair is taken, the 80 GB ones kept free
+    small = plan_load(fleet_2x4(), Need((20000, 20000)), "lru")
+    assert isinstance(small, LoadPlan) and small.node == "a"
+    assert small.shares == (("cuda:0", 20000), ("cuda:1", 20000))
+
+
+def test_a_model_no_single_gpu_holds_is_refused_by_width_1_but_placed_over_several() -> None:
+    rooms = fleet_2x4()
+    assert isinstance(plan_load(rooms, 100000, "lru"), NoRoom)  # bigger than any GPU
+    plan = plan_load(rooms, Need((50000, 50000)), "lru")
+    assert isinstance(plan, LoadPlan) and set(plan.devices) == {"cuda:1", "cuda:3"}
+
+
+def test_tp4_is_refused_where_no_node_has_four_fitting_devices_and_says_why() -> None:
+    answer = plan_load(fleet_2x4(), Need((30000,) * 4), "lru")
+    assert isinstance(answer, NoRoom) and not answer.transient
+    # each node has 4 GPUs, but at most two that hold 30000 MB
+    assert "4 devices of one node" in answer.detail and "30000 MB" in answer.detail
+    assert answer.largest_slot_mb == 24000
+    too_wide = plan_load(fleet_2x4(), Need((1000,) * 5), "lru")
+    assert isinstance(too_wide, NoRoom)
+    assert "no eligible node has 5 that can take part (the most is 4" in too_wide.detail
+    fits = plan_load(fleet_2x4(), Need((20000,) * 4), "lru")
+    assert isinstance(fits, LoadPlan) and len(set(fits.devices)) == 4
+
+
+def test_a_layer_split_too_big_for_one_gpu_lands_on_two_with_the_main_share_first() -> None:
+    rooms = gpus("a", [24000, 24000, 24000, 24000])
+    assert isinstance(plan_load(rooms, 40000, "lru"), NoRoom)
+    plan = plan_load(rooms, Need((22000, 18000)), "lru")
+    assert isinstance(plan, LoadPlan)
+    assert plan.shares == (("cuda:0", 22000), ("cuda:1", 18000))
+    assert plan.device == "cuda:0"  # llama.cpp's main_gpu
+
+
+def test_cpu_ranks_share_the_one_cpu_device() -> None:
+    rooms = [Room("a", "cpu", 5000, ranks=2), Room("b", "cpu", 50000, ranks=1)]
+    plan = plan_load(rooms, Need((2000, 2000)), "lru")
+    assert plan == LoadPlan("a", "cpu", (), (("cpu", 2000), ("cpu", 2000)))
+    # two ranks of 3000 are 6000 MB on that one CPU: more than it has
+    assert isinstance(plan_load(rooms, Need((3000, 3000)), "lru"), NoRoom)
+
+
+def test_evicting_a_two_device_resident_frees_both_of_its_devices() -> None:
+    wide = resident("wide", 20000, 1)  # TP=2, 20000 MB on each of cuda:0 and cuda:1
+    recent = resident("recent", 20000, 50)
+    rooms = gpus("a", [4000, 4000, 4000], {0: (wide,), 1: (wide,), 2: (recent,)})
+    plan = plan_load(rooms, Need((22000, 22000)), "lru")
+    # one eviction makes room on both devices; the more recent model stays
+    assert plan == LoadPlan("a", "cuda:0", ("wide",), (("cuda:0", 22000), ("cuda:1", 22000)))
+    # and a busy wide model keeps both of its devices: it fits once it is idle
+    busy = resident("wide", 20000, 1, busy=True)
+    rooms = gpus("a", [4000, 4000], {0: (busy,), 1: (busy,)})
+    waiting = plan_load(rooms, Need((22000, 22000)), "lru")
+    assert isinstance(waiting, NoRoom) and waiting.transient
+
+
+def test_defrag_moves_a_two_device_model_as_one() -> None:
+    wide = resident("wide", 10000, 1, width=2)
+    rooms = gpus("a", [14000, 0], {0: (wide,), 1: (wide, resident("pin", 20000, 1, pinned=True))})
+    rooms += gpus("b", [12000, 12000, 3000])
+    # emptying a's cuda:0 means reloading "wide" whole on b (both of its ranks there)
+    assert plan_defrag(rooms) == [Move("wide", "a", "b", 20000)]
+    # with room for only one of its ranks on b, it is not moved at all
+    rooms = rooms[:2] + gpus("b", [12000, 3000, 3000])
+    assert plan_defrag(rooms) == []
