@@ -220,6 +220,10 @@ class ReplicaControl:
 
     async def _remove(self, node: Node, decision: RetireCopy) -> None:
         model_id = decision.model_id
+        # Checked again as the task starts: a request may have been routed here since
+        # ``_start``. From here to the unload marking the copy as leaving is no await.
+        if node.busy(model_id):
+            return
         self.last[model_id] = ScaleEvent("retire", node.name, decision.reason, self.clock())
         log.info(
             "replica model=%s node=%s action=retire reason=%s", model_id, node.name, decision.reason
