@@ -76,7 +76,7 @@ def test_a_deep_queue_adds_a_copy_that_is_retired_once_idle(
         body = {
             "model": "busy",
             "messages": [{"role": "user", "content": "Tell a story."}],
-            "max_tokens": 64,
+            "max_tokens": 128,
             **UNENDING,
         }
         return client.post("/v1/chat/completions", json=body).status_code
