@@ -111,6 +111,8 @@ PreflightKind = Literal[
     "quant_ambiguous",  # several GGUF files match the quant
     "quant_without_gguf",  # a quant asked of safetensors-only weights
     "too_many_ranks",  # tensor_parallel larger than the devices that can take part
+    "split_needs_gpus",  # a GGUF split over more GPUs than llama.cpp can use here
+    "split_not_gguf",  # split asked of dense weights (tensor_parallel is theirs)
     "insufficient_memory",  # the weights alone are larger than the device can ever hold
 ]
 

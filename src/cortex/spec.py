@@ -45,6 +45,11 @@ class ModelSpec(BaseModel):
     source: str
     quant: str | None = None
     tensor_parallel: int = Field(default=1, ge=1)
+    # A GGUF model over ``devices`` GPUs of one node through llama.cpp's own split
+    # modes: "layer" (whole layers per GPU, with their KV), "row" (each weight matrix
+    # split by rows; KV and activations on the main GPU). "none": one device.
+    split: Literal["none", "layer", "row"] = "none"
+    devices: int = Field(default=1, ge=1, le=16)
     context_length: int = Field(default=4096, ge=64)
     max_batch: int = Field(default=4, ge=1, le=64)  # sequences decoded together
     max_queue: int = Field(default=64, ge=0)  # requests waiting beyond that; then 429
@@ -81,6 +86,24 @@ class ModelSpec(BaseModel):
     # Sampling for the fields a request leaves out, over the model file's own
     # recommendation (generation_config.json, GGUF general.sampling.*).
     sampling: SamplingDefaults | None = None
+
+    @property
+    def width(self) -> int:
+        """Devices (or CPU ranks) of one node a load of this spec takes."""
+        return self.tensor_parallel if self.tensor_parallel > 1 else self.devices
+
+    @model_validator(mode="after")
+    def _split_shape(self) -> ModelSpec:
+        if self.split == "none" and self.devices > 1:
+            raise ValueError(f'devices = {self.devices} needs split = "layer" or "row"')
+        if self.split != "none" and self.devices < 2:
+            raise ValueError(f'split = "{self.split}" needs devices of 2 or more')
+        if self.split != "none" and self.tensor_parallel > 1:
+            raise ValueError(
+                "split (GGUF over several GPUs) and tensor_parallel (dense ranks) exclude "
+                "each other: set one"
+            )
+        return self
 
     @model_validator(mode="after")
     def _replica_bounds(self) -> ModelSpec:

@@ -15,6 +15,9 @@ The GGUF estimate mirrors what ``engines/llamacpp/engine.py`` asks llama.cpp for
 over-reports for sliding-window models (their SWA layers keep a shorter cache)
 and on GPUs (llama.cpp keeps the token embeddings in host memory).
 
+``shares_mb`` is what each device of a load takes, the main device's first (one
+entry on one device; see ``device_shares`` for tensor parallelism and GGUF splits).
+
 ``embedding_mb`` is what the embedding context (``engines/llamacpp/embed.py``) adds
 when a model first serves ``/v1/embeddings``. It is not in ``total_mb``: most models
 never embed, so the manager counts it into the model's memory only when it is created.
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +78,7 @@ class MemoryEstimate:
     kv_dtype_bytes: float  # per element: 2 for f16, 1.0625 for q8_0, 0.5625 for q4_0
     n_vocab: int
     overridden: bool
+    shares_mb: tuple[int, ...] = ()  # MB per device, main first; () means (total_mb,)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,7 +147,7 @@ def _estimate_gguf(path: Path, spec: ModelSpec) -> MemoryEstimate:
         + LLAMACPP_EMBED_UBATCH_TOKENS * per_output
         + _EMBED_CONTEXT_OVERHEAD
     )
-    return _assemble(
+    estimate = _assemble(
         "gguf",
         spec,
         header.tensor_bytes,
@@ -153,6 +157,7 @@ def _estimate_gguf(path: Path, spec: ModelSpec) -> MemoryEstimate:
         overhead,
         embedding,
     )
+    return replace(estimate, shares_mb=device_shares(estimate, spec))
 
 
 def _gguf_shape(header: GGUFHeader, path: Path) -> _Shape:
@@ -202,7 +207,7 @@ def _estimate_safetensors(path: Path, spec: ModelSpec) -> MemoryEstimate:
     # of KV and one row of f32 logits, whatever max_batch says.
     overhead = _BASE_OVERHEAD + shape.n_vocab * _LOGIT_BYTES
     weights = safetensors_bytes(files)
-    return _assemble(
+    estimate = _assemble(
         "safetensors",
         spec,
         weights,
@@ -213,6 +218,11 @@ def _estimate_safetensors(path: Path, spec: ModelSpec) -> MemoryEstimate:
         0,
         sequences=DENSE_SEQUENCES,
     )
+    # Both sharders keep the embeddings and the LM head whole on every rank
+    # (engines/dense/sharding.py); an untied head is a second copy.
+    heads = 1 if config.get("tie_word_embeddings", False) else 2
+    replicated = min(weights, shape.n_vocab * shape.n_embd * kv_bytes * heads)
+    return replace(estimate, shares_mb=device_shares(estimate, spec, _ceil_mb(replicated)))
 
 
 def _safetensors_files(directory: Path) -> list[Path]:
@@ -262,6 +272,64 @@ def _config_shape(config: dict[str, Any], directory: Path) -> _Shape:
         n_embd=n_embd,
         n_vocab=int(config.get("vocab_size") or 0),
     )
+
+
+# -- several devices ----------------------------------------------------------------------
+
+
+def device_shares(
+    estimate: MemoryEstimate, spec: ModelSpec, replicated_mb: int = 0
+) -> tuple[int, ...]:
+    """MB on each device a load of ``spec`` takes, the main device's (rank 0's) first.
+
+    ``tensor_parallel = N`` (dense): each rank holds the replicated weights
+    (``replicated_mb``: embeddings and LM head) and 1/N of the rest, the KV of its share
+    of the KV heads (whole groups, so the widest rank's ``ceil(heads / N)``), and a whole
+    overhead (every rank is a process with its own runtime and buffers).
+
+    A GGUF ``split`` over N GPUs, modelled on llama.cpp's ``llama_model::load_tensors``
+    (read, not measured; BENCHMARKS.md has the run that will check it): the repeating
+    layers and the output layer (n_layer + 1 units) go to the GPUs in order by
+    ``tensor_split`` (equal here), each layer's KV cache on its layer's GPU, and every
+    GPU reserves a compute buffer. "layer": a GPU holds its layers' weights and KV.
+    "row": each weight matrix is split by rows over all N GPUs, so a GPU holds 1/N of
+    the weights; older llama.cpp kept the whole KV on ``main_gpu`` in this mode, so the
+    main GPU is charged all of it and the others their layers' share: safe under either.
+    Token embeddings stay in host memory; they are counted on the GPUs all the same.
+
+    An operator's ``memory_mb`` is the whole model: split evenly.
+    """
+    width = spec.width
+    if width == 1:
+        return (estimate.total_mb,)
+    if estimate.overridden:
+        return (-(-estimate.total_mb // width),) * width
+    if spec.tensor_parallel > 1:
+        sharded = max(0, estimate.weights_mb - replicated_mb)
+        heads = max(1, estimate.n_head_kv)
+        kv = -(-estimate.kv_cache_mb * -(-heads // width) // heads)
+        rank = replicated_mb + -(-sharded // width) + kv + estimate.overhead_mb
+        return (rank,) * width
+    layers = max(_layers_per_gpu(estimate.n_layer, width))
+    units = max(1, estimate.n_layer)
+    kv_layers = -(-estimate.kv_cache_mb * layers // units)
+    if spec.split == "layer":
+        weights = -(-estimate.weights_mb * layers // units)
+        return (weights + kv_layers + estimate.overhead_mb,) * width
+    weights = -(-estimate.weights_mb // width)
+    main = weights + estimate.kv_cache_mb + estimate.overhead_mb
+    return (main, *(weights + kv_layers + estimate.overhead_mb,) * (width - 1))
+
+
+def _layers_per_gpu(n_layer: int, gpus: int) -> list[int]:
+    """Layers (the output layer counted as one more) each GPU gets from llama.cpp's rule:
+    unit ``il`` goes to the first GPU whose cumulative split exceeds ``il / (n_layer+1)``."""
+    units = n_layer + 1
+    counts = [0] * gpus
+    for il in range(units):
+        gpu = next(g for g in range(gpus) if (g + 1) / gpus > il / units)
+        counts[gpu] += 1
+    return counts
 
 
 # -- shared ------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ and the spec picks what is served:
     dense     safetensors                rejected                  safetensors
     mixed     safetensors (no quant)     the GGUF it names         safetensors
 
-then ``tensor_parallel`` must not exceed the devices that can take part, and the
-weights (split over the ranks) must fit the memory the device could ever give.
+then ``tensor_parallel`` must not exceed the devices that can take part, a GGUF
+``split`` over ``devices`` GPUs needs that many GPUs llama.cpp can use, and the
+weights (split over the ranks or GPUs) must fit the memory the device could ever give.
 
 A quant matches a GGUF file whose name ends with it at a part boundary, blind to
 case and separators: ``q4_k_m``, ``Q4-K-M`` and ``q4km`` all find
@@ -178,10 +179,12 @@ def plan(
     *,
     devices_available: int | None,
     free_mb: int | None,
+    gpus: int | None = None,
 ) -> Plan:
     """What to serve for ``spec`` from ``listing``, or ``PreflightRejected`` saying why
     not. ``devices_available``: devices a tensor-parallel model may use (None: no
-    check); ``free_mb``: the most memory one device could give the model (None: no check).
+    check); ``free_mb``: the most memory one device could give the model (None: no check);
+    ``gpus``: GPUs llama.cpp can offload to, for a GGUF ``split`` (None: no check).
     """
     fmt = classify(listing)
     if fmt == "empty":
@@ -206,9 +209,38 @@ def plan(
             f"Set tensor_parallel to at most {devices_available}, or place the model on a "
             "node with more GPUs (the CPU takes part as --cpu-tp-ranks ranks).",
         )
+    if spec.split != "none":
+        _check_split(spec, chosen, gpus)
     if free_mb is not None:
         _check_memory(spec, listing, chosen, free_mb)
     return chosen
+
+
+def _check_split(spec: ModelSpec, chosen: Plan, gpus: int | None) -> None:
+    asked = f'split = "{spec.split}" over devices = {spec.devices}'
+    if chosen.format != "gguf":
+        raise _reject(
+            spec,
+            "split_not_gguf",
+            f"{asked} is llama.cpp's way to spread a GGUF model, but {spec.source} is "
+            "served as dense safetensors.",
+            "Use tensor_parallel for dense weights, or set quant to serve a GGUF file.",
+        )
+    if gpus is not None and spec.devices > gpus:
+        have = (
+            f"only {gpus} GPU(s) llama.cpp can use"
+            if gpus
+            else "no GPU llama.cpp can use (a CPU-only node, or a CPU-only build of llama.cpp)"
+        )
+        raise _reject(
+            spec,
+            "split_needs_gpus",
+            f"{asked} needs {spec.devices} GPUs, and this node has {have}.",
+            f'Set split = "none" to serve it on one device, lower devices to at most '
+            f"{gpus}, or place it on a node with more GPUs."
+            if gpus
+            else 'Set split = "none" to serve it on one device, or place it on a GPU node.',
+        )
 
 
 def _choose(spec: ModelSpec, listing: Listing, fmt: SourceFormat) -> Plan:
@@ -290,10 +322,12 @@ def _gguf_plan(spec: ModelSpec, ggufs: list[_Gguf]) -> Plan:
 
 
 def _check_memory(spec: ModelSpec, listing: Listing, chosen: Plan, free_mb: int) -> None:
-    per_rank_mb = -(-chosen.weights_bytes // (spec.tensor_parallel * MIB))
+    per_rank_mb = -(-chosen.weights_bytes // (spec.width * MIB))
     if per_rank_mb <= free_mb:
         return
     ranks = f" per rank over {spec.tensor_parallel} ranks" if spec.tensor_parallel > 1 else ""
+    if spec.split != "none":
+        ranks = f" per GPU over {spec.devices} GPUs"
     smaller = sorted((g.size, g.label) for g in _gguf_models(listing) if g.size // MIB <= free_mb)
     hint = (
         f"Pick a smaller quant ({', '.join(label for _, label in smaller[-3:])}), "

@@ -107,16 +107,23 @@ def list_local(path: Path) -> list[tuple[str, int]]:
     return sorted(listing)
 
 
-def prepare_source(spec: ModelSpec, *, devices_available: int | None, free_mb: int | None) -> Path:
+def prepare_source(
+    spec: ModelSpec,
+    *,
+    devices_available: int | None,
+    free_mb: int | None,
+    gpus: int | None = None,
+) -> Path:
     """List the spec's source once, preflight it (``PreflightRejected`` says why not),
     fetch what an ``hf:`` source needs, and return the local path to serve: a GGUF file,
     or a dense checkpoint's directory (or its one safetensors file). Blocking: call it
-    from a thread. ``devices_available`` and ``free_mb`` as ``preflight.plan`` takes them.
+    from a thread. ``devices_available``, ``free_mb`` and ``gpus`` as ``preflight.plan``
+    takes them.
     """
     source = parse_source(spec.source)
     if source.scheme == "hf":
         repo = hub.list_files(source.location, model_id=spec.id)
-        chosen = _plan(spec, repo.files, devices_available, free_mb)
+        chosen = _plan(spec, repo.files, devices_available, free_mb, gpus)
         root = hub.download(repo, chosen.files, model_id=spec.id)
     else:
         path = local_path(source)
@@ -127,7 +134,7 @@ def prepare_source(spec: ModelSpec, *, devices_available: int | None, free_mb: i
                 detail=f"model file not found: {path}",
                 suggestion="Check the source path on this node.",
             )
-        chosen = _plan(spec, list_local(path), devices_available, free_mb)
+        chosen = _plan(spec, list_local(path), devices_available, free_mb, gpus)
         if path.is_file():
             return path
         root = path
@@ -161,9 +168,13 @@ def resolve_local(source: Source, quant: str | None = None) -> Path:
 
 
 def _plan(
-    spec: ModelSpec, listing: Listing, devices_available: int | None, free_mb: int | None
+    spec: ModelSpec,
+    listing: Listing,
+    devices_available: int | None,
+    free_mb: int | None,
+    gpus: int | None = None,
 ) -> Plan:
-    chosen = plan(spec, listing, devices_available=devices_available, free_mb=free_mb)
+    chosen = plan(spec, listing, devices_available=devices_available, free_mb=free_mb, gpus=gpus)
     log.info(
         "source model=%s format=%s files=%d weights_mb=%d",
         spec.id,
