@@ -22,7 +22,7 @@ def client(neuron: Neuron) -> openai.OpenAI:
 
 
 def test_health_status_and_models(neuron: Neuron) -> None:
-    assert httpx.get(neuron.url + "/health").json() == {"status": "ok", "contract": "1.3"}
+    assert httpx.get(neuron.url + "/health").json() == {"status": "ok", "contract": "1.4"}
     status = neuron.status()
     assert status["node"] == "n1"
     cpu = status["devices"][0]

@@ -120,7 +120,7 @@ def test_wire_names_stay_what_operators_read() -> None:
     """Fields may be added (a minor version), never renamed: these names all stay."""
     status = json.loads(node_status(CONTRACT_VERSION, MODEL).model_dump_json())
     assert status.keys() >= {"contract", "node", "devices", "models"}
-    assert status["contract"] == "1.3"
+    assert status["contract"] == "1.4"
     assert status["devices"][0].keys() >= {
         "id",
         "name",
@@ -135,7 +135,7 @@ def test_wire_names_stay_what_operators_read() -> None:
         *("in_flight", "queued", "last_used", "prefix_digest"),
     }
     assert model["state"] == "ready" and model["spec"] == SPEC.model_dump()
-    assert json.loads(Health().model_dump_json()) == {"status": "ok", "contract": "1.3"}
+    assert json.loads(Health().model_dump_json()) == {"status": "ok", "contract": "1.4"}
     assert json.loads(UnloadAnswer(id="m").model_dump_json()) == {"id": "m", "unloaded": True}
     assert json.loads(FaultAnswer(model="m", kind="hang").model_dump_json()) == {
         "model": "m",
@@ -196,7 +196,7 @@ async def poll_http(body: Any) -> Fleet:
 async def test_a_valid_answer_is_recorded_typed() -> None:
     fleet = await poll_http(json.loads(node_status(CONTRACT_VERSION, MODEL).model_dump_json()))
     node = fleet.nodes["a"]
-    assert node.usable and node.error is None and node.contract == "1.3"
+    assert node.usable and node.error is None and node.contract == "1.4"
     assert node.models == {"m": MODEL} and node.devices == [CPU]
     assert [n.name for n in fleet.holders("m")] == ["a"]
 

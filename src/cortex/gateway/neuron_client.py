@@ -10,7 +10,7 @@ Answers come back as ``protocol.neuron`` types; an answer that is not one is an
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
@@ -79,9 +79,12 @@ class NeuronClient(Protocol):
 
     async def status(self, timeout_s: float) -> NodeStatus: ...
 
-    async def load(self, spec: ModelSpec, timeout_s: float = 1800) -> LoadAnswer:
+    async def load(
+        self, spec: ModelSpec, timeout_s: float = 1800, devices: Sequence[str] = ()
+    ) -> LoadAnswer:
         """The model once ready; a load of it already under way on the node is joined
-        (``outcome``). ``InsufficientMemory`` when the node refuses: it does not fit now."""
+        (``outcome``). ``InsufficientMemory`` when the node refuses: it does not fit now.
+        ``devices``: where placement put a multi-device model, main first (contract 1.4)."""
         ...
 
     async def estimate(self, spec: ModelSpec, timeout_s: float = 60) -> EstimateAnswer:
@@ -140,8 +143,12 @@ class HttpNeuronClient:
             raise
         return self._parse(FinishedRequest, "/requests", body)
 
-    async def load(self, spec: ModelSpec, timeout_s: float = 1800) -> LoadAnswer:
-        body = await self._admin("/models/load", spec, timeout_s)
+    async def load(
+        self, spec: ModelSpec, timeout_s: float = 1800, devices: Sequence[str] = ()
+    ) -> LoadAnswer:
+        # a query, so that a 1.3 neuron (which knows no such key) still loads, picking
+        path = "/models/load" + (f"?devices={','.join(devices)}" if devices else "")
+        body = await self._admin(path, spec, timeout_s)
         return self._parse(LoadAnswer, "/models/load", body)
 
     async def estimate(self, spec: ModelSpec, timeout_s: float = 60) -> EstimateAnswer:

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from cortex.gateway.fleet import Node
 from cortex.gateway.placement import Resident, Room
-from cortex.protocol.neuron import DeviceStatus, ModelState
+from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus
 from cortex.spec import ModelSpec
 
 
@@ -16,15 +16,32 @@ def rooms_of(nodes: Iterable[Node], profiles: dict[str, ModelSpec]) -> list[Room
 
 def _node_rooms(node: Node, profiles: dict[str, ModelSpec]) -> list[Room]:
     rooms = []
+    has_gpus = any(device.id != "cpu" for device in node.devices)
     for device in node.devices:
         residents = tuple(
-            _resident(node, model_id, profiles.get(model_id))
+            _resident(node, model_id, device.id, profiles.get(model_id))
             for model_id, model in node.models.items()
             if device.id in model.devices and model_id not in node.leaving
         )
         free = _free_mb(device) - node.reserved_mb.get(device.id, 0)
-        rooms.append(Room(node.name, device.id, max(0, free), residents))
+        rooms.append(Room(node.name, device.id, max(0, free), residents, _ranks(device, has_gpus)))
     return rooms
+
+
+def _ranks(device: DeviceStatus, has_gpus: bool) -> int:
+    """Ranks of one multi-device model the device may hold; a neuron older than contract
+    1.4 does not say: a GPU one, the CPU one where it is the only device, else none."""
+    if device.tp_ranks is not None:
+        return device.tp_ranks
+    return 1 if device.id != "cpu" or not has_gpus else 0
+
+
+def _memory_on(model: ModelStatus, device_id: str) -> int:
+    """MB a model holds on one of its devices: what the neuron says (1.4), else an even
+    part of its memory (an older neuron's models are on one device)."""
+    if model.device_memory_mb:
+        return model.device_memory_mb.get(device_id, 0)
+    return model.memory_mb // max(1, len(set(model.devices)))
 
 
 def _free_mb(device: DeviceStatus) -> int:
@@ -35,11 +52,11 @@ def _free_mb(device: DeviceStatus) -> int:
     return device.memory_free_mb
 
 
-def _resident(node: Node, model_id: str, profile: ModelSpec | None) -> Resident:
+def _resident(node: Node, model_id: str, device_id: str, profile: ModelSpec | None) -> Resident:
     model = node.models[model_id]
     return Resident(
         model_id=model_id,
-        memory_mb=model.memory_mb,
+        memory_mb=_memory_on(model, device_id),
         last_used=node.last_used(model_id),
         pinned=model.spec.pinned or bool(profile and profile.pinned),
         priority=profile.priority if profile else model.spec.priority,
@@ -47,4 +64,5 @@ def _resident(node: Node, model_id: str, profile: ModelSpec | None) -> Resident:
         busy=node.busy(model_id) or model.state is not ModelState.READY,
         movable=profile is not None,
         allowed_nodes=frozenset(profile.nodes) if profile else frozenset(),
+        width=max(1, len(model.devices)),
     )

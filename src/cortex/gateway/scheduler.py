@@ -49,7 +49,14 @@ from cortex.gateway.catalogue import Catalogue
 from cortex.gateway.fleet import Fleet, Node
 from cortex.gateway.metrics import GatewayMetrics
 from cortex.gateway.neuron_client import NeuronClient, NeuronUnreachable
-from cortex.gateway.placement import LoadPlan, NoRoom, idle_models, plan_defrag, plan_load
+from cortex.gateway.placement import (
+    LoadPlan,
+    Need,
+    NoRoom,
+    idle_models,
+    plan_defrag,
+    plan_load,
+)
 from cortex.gateway.rooms import rooms_of
 from cortex.gateway.routing import choose_holder, estimate_cost, overloaded
 from cortex.gateway.scaling import ReplicaControl
@@ -87,6 +94,9 @@ class Scheduler:
         self._affinity = AffinityTable()
         self.estimates: dict[str, int] = {}  # MB per model id, known or asked once
         self._estimate_detail: dict[str, EstimateDetail] = {}  # where a neuron gave one
+        # MB per device a load takes (main first), by model id: one entry unless the
+        # model spans devices (tensor_parallel, a GGUF split)
+        self._shares: dict[str, tuple[int, ...]] = {}
         self.eviction_cycles = 0
         self._background: set[asyncio.Task[Any]] = set()
         # Idle-unload times set by clients (Ollama's keep_alive), by model id, in seconds
@@ -254,20 +264,29 @@ class Scheduler:
         joined = await self._found_or_joined(profile, exclude, only)
         if joined is not None:
             return joined
-        need_mb = await self._need_mb(profile, exclude, only)
+        need = await self._need_mb(profile, exclude, only)
+        need_mb = need.total_mb
         failed = set(exclude)
         refused: dict[str, int] = {}
         last_error: CortexError | None = None
         for _ in range(REFUSALS_PER_NODE * len(self._fleet.nodes)):
-            plan = self._plan(profile, need_mb, failed, only, last_error)
+            plan = self._plan(profile, need, failed, only, last_error)
             node = self._fleet.nodes[plan.node]
-            node.reserved_mb[plan.device] = node.reserved_mb.get(plan.device, 0) + need_mb
+            charges = plan.shares or ((plan.device, need_mb),)  # each device its share
+            for device, mb in charges:
+                node.reserved_mb[device] = node.reserved_mb.get(device, 0) + mb
             node.leaving.update(plan.evict)
             started = time.perf_counter()
             try:
                 for victim in plan.evict:
                     await self._unload(node, victim, reason="capacity")
-                answer = await self._clients[node.name].load(profile)
+                client = self._clients[node.name]
+                # a multi-device plan names its devices, so the neuron loads (and checks)
+                # the model where this gateway counted it
+                if plan.shares:
+                    answer = await client.load(profile, devices=plan.devices)
+                else:
+                    answer = await client.load(profile)
             except InsufficientMemory as exc:
                 # the node's memory went elsewhere (another gateway's load, most likely):
                 # plan again from its fresh state, read in ``finally``
@@ -293,16 +312,18 @@ class Scheduler:
                 node.leaving.difference_update(plan.evict)
                 with contextlib.suppress(CortexError):
                     await self._refresh(node.name)
-                node.reserved_mb[plan.device] -= need_mb
+                for device, mb in charges:
+                    node.reserved_mb[device] -= mb
             seconds = time.perf_counter() - started
             self._fleet.record_model(node.name, answer)
             result = "joined" if answer.outcome == "joined" else "ok"
             self._metrics.loads.labels(profile.id, node.name, result).inc()
             self._metrics.load_duration.labels(profile.id, node.name).observe(seconds)
             log.info(
-                "loaded model=%s node=%s need_mb=%d evicted=%s outcome=%s seconds=%.2f",
+                "loaded model=%s node=%s devices=%s need_mb=%d evicted=%s outcome=%s seconds=%.2f",
                 profile.id,
                 node.name,
+                ",".join(plan.devices),
                 need_mb,
                 ",".join(plan.evict) or "-",
                 answer.outcome,
@@ -362,7 +383,7 @@ class Scheduler:
     def _plan(
         self,
         profile: ModelSpec,
-        need_mb: int,
+        need: Need,
         failed: set[str],
         only: str | None,
         last_error: CortexError | None,
@@ -383,7 +404,7 @@ class Scheduler:
                 retry_after_s=5,
             )
         answer = plan_load(
-            rooms_of(eligible, self._catalogue.profiles), need_mb, self._eviction.strategy
+            rooms_of(eligible, self._catalogue.profiles), need, self._eviction.strategy
         )
         if isinstance(answer, NoRoom):
             raise self._no_room_error(profile, answer)
@@ -410,6 +431,8 @@ class Scheduler:
             if known
             else ""
         )
+        if answer.detail:  # a model over several devices: why no node's devices take it
+            detail += f"; {answer.detail}"
         if answer.transient:
             return Unavailable(
                 f"The model '{profile.id}' needs about {answer.need_mb} MB{detail}; that much "
@@ -423,14 +446,16 @@ class Scheduler:
             "(pinned models stay). Lower its context_length or max_batch, or add memory."
         )
 
-    async def _need_mb(self, profile: ModelSpec, exclude: frozenset[str], only: str | None) -> int:
-        """The profile's memory estimate in MB, read from the model's files once by a neuron."""
+    async def _need_mb(self, profile: ModelSpec, exclude: frozenset[str], only: str | None) -> Need:
+        """The profile's memory estimate in MB per device it takes (one unless it spans
+        several), read from the model's files once by a neuron."""
         if profile.memory_mb is not None:
             self.estimates.setdefault(profile.id, profile.memory_mb)
-            return profile.memory_mb
+            part = -(-profile.memory_mb // profile.width)  # memory_mb is the whole model
+            return Need((part,) * profile.width)
         known = self.estimates.get(profile.id)
         if known is not None:
-            return known
+            return Need(self._shares.get(profile.id, (known,)))
         askable = self._eligible(profile, exclude, only)
         last_error: CortexError | None = None
         for node in sorted(askable, key=Node.load):
@@ -441,8 +466,16 @@ class Scheduler:
                 continue
             self.estimates[profile.id] = answer.memory_mb
             self._estimate_detail[profile.id] = answer.estimate
-            log.info("estimate model=%s memory_mb=%d", profile.id, answer.memory_mb)
-            return answer.memory_mb
+            # a neuron older than 1.4 gives no shares: the whole on each of its devices
+            shares = tuple(answer.shares_mb) or (answer.memory_mb,) * profile.width
+            self._shares[profile.id] = shares
+            log.info(
+                "estimate model=%s memory_mb=%d shares_mb=%s",
+                profile.id,
+                answer.memory_mb,
+                ",".join(map(str, shares)),
+            )
+            return Need(shares)
         raise last_error or Unavailable(
             f"No reachable node may load '{profile.id}'.", retry_after_s=5
         )

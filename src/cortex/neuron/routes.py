@@ -20,6 +20,7 @@ from cortex.neuron.api import embeddings as text_embeddings
 from cortex.neuron.api import generation
 from cortex.neuron.api.finished import finished_requests
 from cortex.neuron.api.generation import Prepared
+from cortex.neuron.engines.device_set import split_devices
 from cortex.neuron.prompt.render import plan_tools, render_prompt
 from cortex.neuron.runtime.manager import ModelManager
 from cortex.protocol import openai as oa
@@ -87,7 +88,10 @@ async def load_model(request: Request) -> Response:
     """200 once the model is ready, whether this call loaded it, joined a load under way
     (``outcome``) or found it; 507 with the numbers when it does not fit what is left."""
     spec = parse_body(ModelSpec, await _body(request))
-    model, outcome = await _manager(request).load_or_join(spec)
+    # contract 1.4: ?devices=cuda:0,cuda:1 where the gateway placed a multi-device model
+    # (a query, not a body key: the body is the spec, which refuses unknown keys)
+    devices = split_devices(request.query_params.get("devices", ""))
+    model, outcome = await _manager(request).load_or_join(spec, devices)
     status = model.status()
     return _wire(LoadAnswer(**status.model_dump(), outcome=outcome))
 
@@ -96,7 +100,10 @@ async def estimate_model(request: Request) -> Response:
     spec = parse_body(ModelSpec, await _body(request))
     estimate = await _manager(request).estimate(spec)
     detail = EstimateDetail.model_validate(estimate.as_dict())
-    return _wire(EstimateAnswer(id=spec.id, memory_mb=estimate.total_mb, estimate=detail))
+    shares = list(estimate.shares_mb or (estimate.total_mb,))
+    return _wire(
+        EstimateAnswer(id=spec.id, memory_mb=estimate.total_mb, estimate=detail, shares_mb=shares)
+    )
 
 
 async def unload_model(request: Request) -> Response:

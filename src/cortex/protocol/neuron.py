@@ -26,7 +26,11 @@ from cortex.spec import ModelSpec, SamplingDefaults
 # 1.3: GET /requests/{request_id}: a finished generation's counts (FinishedRequest), so
 # the gateway can account a stream its client left, which ended with no report;
 # DeviceStatus.engines (what llama.cpp and torch can do on each device).
-CONTRACT_VERSION = "1.3"
+# 1.4: a model over several devices. POST /models/load?devices=cuda:0,cuda:1 names the
+# devices the gateway placed it on, main first (a device named twice: two CPU ranks);
+# without it the neuron picks. DeviceStatus.tp_ranks, ModelStatus.device_memory_mb,
+# EstimateAnswer.shares_mb. A 1.3 neuron ignores the query and picks its own devices.
+CONTRACT_VERSION = "1.4"
 
 
 def contract_major(version: str) -> str:
@@ -76,6 +80,10 @@ class DeviceStatus(_Wire):
     # "cpu", "cuda" or "cpu-only build" (a GPU this llama.cpp cannot use: no GGUF model
     # is placed on it); "dense" is "cpu", "cuda", "cpu-only torch" or "not installed".
     engines: dict[str, str] = Field(default_factory=dict)
+    # 1.4: ranks of one multi-device model this device may hold: 1 for a GPU; the CPU
+    # of a GPU-less node its --cpu-tp-ranks; 0 for the CPU of a GPU node (it takes no
+    # part there). None from an older neuron.
+    tp_ranks: int | None = None
 
 
 class EngineFaultStatus(_Wire):
@@ -112,6 +120,9 @@ class ModelStatus(_Wire):
     prefix_digest: list[str] = Field(default_factory=list)
     # Host RAM this model's KV host tier may use, granted out of the node's budget.
     kv_host_cache_mb: int | None = None
+    # 1.4: MB on each device of ``devices`` (ranks on one device summed); empty from an
+    # older neuron, whose models are on one device with all of ``memory_mb``.
+    device_memory_mb: dict[str, int] = Field(default_factory=dict)
 
     @field_validator("spec", mode="before")
     @classmethod
@@ -199,6 +210,9 @@ class EstimateAnswer(_Wire):
     id: str
     memory_mb: int
     estimate: EstimateDetail
+    # 1.4: MB on each device a load takes, the main device's first (one entry for a
+    # single-device model; per rank for tensor_parallel; per GPU for a GGUF split).
+    shares_mb: list[int] = Field(default_factory=list)
 
 
 # --- POST /models/unload -----------------------------------------------------------------

@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -42,6 +43,7 @@ from cortex.errors import (
 )
 from cortex.neuron.engines import engine_for
 from cortex.neuron.engines.base import EmbeddingJob, EngineFault, EngineInfo, GenerationRequest
+from cortex.neuron.engines.device_set import join_devices
 from cortex.neuron.files.estimate import MemoryEstimate, estimate_memory
 from cortex.neuron.files.sampling_defaults import read_sampling_defaults
 from cortex.neuron.files.sources import headers_of, prepare_source
@@ -94,7 +96,7 @@ PREFIX_DIGEST_HASHES = 1024
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    device: Device
+    device: Device  # the main one (rank 0, llama.cpp's main_gpu)
     path: Path  # the file the spec resolved to; a recovery reloads it
     state: ModelState = ModelState.LOADING
     engine: EngineHandle | None = None
@@ -117,10 +119,22 @@ class LoadedModel:
     kv_host_cache_mb: int | None = None
     # Prompts admitted lately, as chain hashes: what the gateway routes follow-ups by.
     prefixes: PrefixSet = field(default_factory=lambda: PrefixSet(PREFIX_DIGEST_HASHES))
+    # A model over several devices: each rank's device (main first; the CPU once per CPU
+    # rank) and its MB there. Empty: ``device`` alone, with all of ``memory_mb``.
+    ranks: tuple[Device, ...] = ()
+    shares_mb: tuple[int, ...] = ()
 
     @property
     def id(self) -> str:
         return self.spec.id
+
+    def memory_on(self, device_id: str) -> int:
+        """MB this model holds on ``device_id`` (its ranks there summed)."""
+        if not self.ranks:
+            return self.memory_mb if device_id == self.device.id else 0
+        return sum(
+            mb for d, mb in zip(self.ranks, self.shares_mb, strict=True) if d.id == device_id
+        )
 
     @property
     def sampling_defaults(self) -> SamplingDefaults:
@@ -137,8 +151,9 @@ class LoadedModel:
             id=self.id,
             state=self.state,
             spec=self.spec,
-            devices=[self.device.id],
+            devices=[d.id for d in self.ranks] or [self.device.id],
             memory_mb=self.memory_mb,
+            device_memory_mb={d.id: self.memory_on(d.id) for d in self.ranks or (self.device,)},
             kv_host_cache_mb=self.kv_host_cache_mb,
             context_length=self.engine.info.context_length if self.engine else None,
             in_flight=min(self.in_flight, max_batch),
@@ -276,6 +291,7 @@ class ModelManager:
             for device_id, support in self.engine_support.items()
         }
         self._cpu_tp_ranks = cpu_tp_ranks  # ranks tensor_parallel may use on a GPU-less node
+        self._has_gpus = any(d.id != "cpu" for d in self._devices)
         self._budget_mb = memory_budget_mb
         self._deadline_s = step_deadline_s
         self._watch_period_s = watch_period_s
@@ -329,20 +345,25 @@ class ModelManager:
                     memory_budget_mb=self._budget_mb,
                     memory_used_by_models_mb=self._used_mb(device),
                     engines=self._engine_status[device.id],
+                    tp_ranks=self._tp_ranks(device),
                 )
             )
         return out
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def load(self, spec: ModelSpec) -> LoadedModel:
-        model, _ = await self.load_or_join(spec)
+    async def load(self, spec: ModelSpec, devices: Sequence[str] = ()) -> LoadedModel:
+        model, _ = await self.load_or_join(spec, devices)
         return model
 
-    async def load_or_join(self, spec: ModelSpec) -> tuple[LoadedModel, LoadOutcome]:
+    async def load_or_join(
+        self, spec: ModelSpec, devices: Sequence[str] = ()
+    ) -> tuple[LoadedModel, LoadOutcome]:
         """The model of ``spec`` once ready, and whether this call loaded it, joined a
         load already under way, or found it present. Which one is decided with no
-        ``await`` before the load is registered, so two callers never both start it."""
+        ``await`` before the load is registered, so two callers never both start it.
+        ``devices``: where the gateway placed a multi-device model, main first (empty:
+        this node picks); a join or a model present keeps the devices it has."""
         pending = self._loads.get(spec.id)
         if pending is not None and not pending.task.done():
             _same_spec(pending.spec, spec)
@@ -354,7 +375,7 @@ class ModelManager:
         if existing is not None:
             _same_spec(existing.spec, spec)
             return existing, "present"
-        task = asyncio.create_task(self._load(spec), name=f"load-{spec.id}")
+        task = asyncio.create_task(self._load(spec, tuple(devices)), name=f"load-{spec.id}")
         self._loads[spec.id] = PendingLoad(spec, task)
         task.add_done_callback(lambda done: self._load_ended(spec.id, done))
         return await asyncio.shield(task), "loaded"
@@ -366,26 +387,38 @@ class ModelManager:
         if not task.cancelled():
             task.exception()  # retrieved here: every caller may have left
 
-    async def _load(self, spec: ModelSpec) -> LoadedModel:
+    async def _load(self, spec: ModelSpec, asked: tuple[str, ...] = ()) -> LoadedModel:
         # Preflight (422 for what this node can never serve) and any download run before
         # the lock: a long download must not hold up other loads, unloads and recoveries.
+        ranks = self._named_devices(spec, asked)
         path = await self._prepare(spec)
         async with self._lock:
             estimate = await asyncio.to_thread(self._files.estimate, path, spec)
             file_sampling = await asyncio.to_thread(self._files.sampling_defaults, path)
-            device = self._pick_device(gguf=path.suffix == ".gguf")
+            shares = estimate.shares_mb or (estimate.total_mb,)
+            if len(shares) > 1:
+                ranks = ranks or self._pick_devices(len(shares), gguf=path.suffix == ".gguf")
+            else:
+                ranks = (self._pick_device(gguf=path.suffix == ".gguf"),)
             try:
                 # under the lock and with no await before the model is registered: the
-                # check and the claim on the memory are one step
-                self._check_fits(device, estimate.total_mb, spec, count_free=True)
+                # check and the claim on the memory are one step (per device it takes)
+                needs: Counter[str] = Counter()
+                for device, mb in zip(ranks, shares, strict=True):
+                    needs[device.id] += mb
+                for device in dict.fromkeys(ranks):
+                    self._check_fits(device, needs[device.id], spec, count_free=True)
             except InsufficientMemory:
                 self._metrics.model_loads.labels(spec.id, "refused").inc()
                 raise
+            device = ranks[0]
             model = LoadedModel(
                 spec=spec,
                 device=device,
+                ranks=ranks if len(ranks) > 1 else (),
+                shares_mb=tuple(shares) if len(ranks) > 1 else (),
                 path=path,
-                memory_mb=estimate.total_mb,
+                memory_mb=sum(shares),
                 embedding_mb=estimate.embedding_mb,
                 metrics=self._metrics,
                 use_extra_buffer_types=spec.extra_buffer_types is not False,
@@ -405,7 +438,7 @@ class ModelManager:
             log.info(
                 "loaded model=%s device=%s memory_mb=%d pid=%s seconds=%.2f",
                 spec.id,
-                device.id,
+                join_devices([d.id for d in ranks]),
                 model.memory_mb,
                 model.engine.pids[0],
                 time.perf_counter() - started,
@@ -443,8 +476,11 @@ class ModelManager:
         model = serving.loaded
         if model.embedding_counted:
             return
-        self._check_fits(model.device, model.memory_mb + model.embedding_mb, model.spec)
+        on_main = model.memory_on(model.device.id) + model.embedding_mb
+        self._check_fits(model.device, on_main, model.spec)
         model.memory_mb += model.embedding_mb
+        if model.shares_mb:  # the embedding context lives on the main device
+            model.shares_mb = (model.shares_mb[0] + model.embedding_mb, *model.shares_mb[1:])
         model.embedding_counted = True
 
     async def inject_fault(self, model_id: str, kind: str) -> None:
@@ -484,10 +520,13 @@ class ModelManager:
         def on_step(sequences: int) -> None:  # on the engine's reader thread
             self._metrics.batch_size.labels(model.id).observe(sequences)
 
+        # several devices reach the engine as one comma-joined id, main first
+        ids = join_devices(list(dict.fromkeys(d.id for d in model.ranks)))
+        device = replace(model.device, id=ids) if "," in ids else model.device
         engine = await self._files.launch(
             model.path,
             model.spec,
-            model.device,
+            device,
             use_extra_buffer_types=model.use_extra_buffer_types,
             on_exit=on_exit,
             on_step=on_step,
@@ -584,12 +623,59 @@ class ModelManager:
         free_mb = read_memory(room).free_mb + self._used_mb(room)  # were ours all unloaded
         if self._budget_mb is not None:
             free_mb = min(free_mb, self._budget_mb)
+        prepare_args: dict[str, int] = {}
+        if spec.split != "none":  # only then: the fakes of older tests know no ``gpus``
+            prepare_args["gpus"] = sum(
+                1 for d in self._devices if d.id != "cpu" and self.engine_support[d.id].gguf_usable
+            )
         return await asyncio.to_thread(
             self._files.prepare,
             spec,
             devices_available=gpus or self._cpu_tp_ranks,
             free_mb=free_mb,
+            **prepare_args,
         )
+
+    def _tp_ranks(self, device: Device) -> int:
+        """Ranks of one multi-device model ``device`` may hold: a GPU one; the CPU of a
+        GPU-less node its --cpu-tp-ranks; the CPU of a GPU node none (ranks there are
+        all GPUs, ``engines/dense/tp.py``)."""
+        if device.id != "cpu":
+            return 1
+        return 0 if self._has_gpus else self._cpu_tp_ranks
+
+    def _named_devices(self, spec: ModelSpec, asked: tuple[str, ...]) -> tuple[Device, ...]:
+        """The devices a gateway placed a multi-device model on, checked against this
+        node (400 when they cannot be), or () for this node to pick."""
+        if not asked:
+            return ()
+        known = {d.id: d for d in self._devices}
+        unknown = [d for d in asked if d not in known]
+        counts = Counter(asked)
+        problem = None
+        if len(asked) != spec.width:
+            problem = f"{len(asked)} devices named for a model of {spec.width}"
+        elif unknown:
+            problem = f"no device {', '.join(unknown)} on this node"
+        elif any(n > self._tp_ranks(known[d]) for d, n in counts.items() if n > 1 or d == "cpu"):
+            problem = "a device named more often than it may hold ranks"
+        if problem is not None:
+            raise InvalidRequest(f"load of '{spec.id}' on {','.join(asked)}: {problem}")
+        return tuple(known[d] for d in asked)
+
+    def _pick_devices(self, width: int, gguf: bool) -> tuple[Device, ...]:
+        """This node's own choice for a model over ``width`` devices (no gateway named
+        them): the GPUs with most free memory, or the CPU once per rank on a GPU-less
+        node. Preflight has checked there are enough."""
+        gpus = [
+            d
+            for d in self._devices
+            if d.id != "cpu" and (not gguf or self.engine_support[d.id].gguf_usable)
+        ]
+        if not gpus:
+            return (self._devices[0],) * width
+        ranked = sorted(gpus, key=lambda d: -read_memory(d).free_mb)[:width]
+        return tuple(sorted(ranked, key=lambda d: d.id))  # llama.cpp and TP go in id order
 
     def _pick_device(self, gguf: bool = False) -> Device:
         # GPUs first (the CPU is the fallback), the one with most free memory; for GGUF
@@ -604,11 +690,7 @@ class ModelManager:
         return self._devices[0]
 
     def _used_mb(self, device: Device, exclude: str | None = None) -> int:
-        return sum(
-            m.memory_mb
-            for m in self._models.values()
-            if m.device.id == device.id and m.id != exclude
-        )
+        return sum(m.memory_on(device.id) for m in self._models.values() if m.id != exclude)
 
     def _host_grant(self, spec: ModelSpec) -> int | None:
         """The host RAM a new model's KV host tier may use: what its spec asks for, as
