@@ -18,7 +18,12 @@ from safetensors.numpy import save_file
 
 from cortex.errors import InvalidRequest
 from cortex.neuron.engines.llamacpp.engine import LlamaCppEngine
-from cortex.neuron.files.estimate import estimate_memory
+from cortex.neuron.files.estimate import (
+    MemoryEstimate,
+    _layers_per_gpu,
+    device_shares,
+    estimate_memory,
+)
 from cortex.neuron.files.sources import parse_source, resolve_local
 from cortex.spec import ModelSpec
 
@@ -246,3 +251,56 @@ def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InvalidRequest, match="no safetensors"):
         estimate_memory(tmp_path, spec())
+
+
+# -- several devices -----------------------------------------------------------------------
+
+
+def parts(
+    weights: int, kv: int, overhead: int, n_layer: int = 30, heads: int = 3
+) -> MemoryEstimate:
+    return MemoryEstimate(
+        format="gguf", weights_mb=weights, kv_cache_mb=kv, overhead_mb=overhead,
+        total_mb=weights + kv + overhead, embedding_mb=0, n_layer=n_layer, n_head_kv=heads,
+        kv_heads_total=heads * n_layer, key_length=64, value_length=64, kv_tokens=4096,
+        kv_dtype_bytes=2.0, n_vocab=49152, overridden=False,
+    )  # fmt: skip
+
+
+def test_one_device_takes_the_whole_estimate() -> None:
+    assert device_shares(parts(1000, 300, 100), spec()) == (1400,)
+
+
+def test_tensor_parallel_ranks_share_weights_and_kv_heads_but_not_the_replicated_part() -> None:
+    # 1000 MB of weights of which 200 replicated on each rank; 3 KV heads over 2 ranks:
+    # the wider rank holds 2 of 3 heads' KV; every rank is a process with its overhead
+    shares = device_shares(parts(1000, 300, 100), spec(tensor_parallel=2), replicated_mb=200)
+    assert shares == (200 + 400 + 200 + 100,) * 2
+    assert sum(shares) > 1400  # more in all than on one device: replication and overheads
+
+
+def test_a_layer_split_gives_each_gpu_its_layers_and_their_kv() -> None:
+    # 30 layers + the output layer over 2 GPUs by llama.cpp's rule: 16 and 15 units;
+    # each GPU is charged for the larger (16 of 30 layers' weights and KV) and a compute buffer
+    assert _layers_per_gpu(30, 2) == [16, 15]
+    assert _layers_per_gpu(30, 4) == [8, 8, 8, 7]
+    shares = device_shares(parts(3000, 600, 100), spec(split="layer", devices=2))
+    assert shares == (1600 + 320 + 100,) * 2
+
+
+def test_a_row_split_divides_weights_and_charges_the_main_gpu_the_whole_kv() -> None:
+    shares = device_shares(parts(3000, 600, 100), spec(split="row", devices=2))
+    assert shares == (1500 + 600 + 100, 1500 + 320 + 100)
+
+
+def test_an_operators_memory_mb_is_split_evenly() -> None:
+    overridden = parts(3000, 600, 100)
+    overridden = MemoryEstimate(**{**overridden.as_dict(), "total_mb": 5001, "overridden": True})
+    assert device_shares(overridden, spec(split="layer", devices=2, memory_mb=5001)) == (2501, 2501)
+
+
+def test_the_bundled_gguf_estimate_carries_its_shares(gguf_path: Path) -> None:
+    one = estimate_memory(gguf_path, spec())
+    assert one.shares_mb == (one.total_mb,)
+    split = estimate_memory(gguf_path, spec(split="layer", devices=2))
+    assert len(split.shares_mb) == 2 and max(split.shares_mb) < one.total_mb

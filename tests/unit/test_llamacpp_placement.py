@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import llama_cpp as C
 
 from cortex.neuron.engines.llamacpp.engine import model_placement
@@ -37,3 +39,31 @@ def test_every_parameter_exists_on_llama_cpp_model_params() -> None:
     for name, value in model_placement("cuda:0", True, False).items():
         setattr(params, name, value)
         assert getattr(params, name) == value
+
+
+def test_a_layer_split_spreads_over_the_named_gpus_only() -> None:
+    params = model_placement("cuda:1,cuda:3", True, False, split="layer")
+    assert params["split_mode"] == C.LLAMA_SPLIT_MODE_LAYER
+    assert params["main_gpu"] == 1 and params["n_gpu_layers"] == 999
+    # equal shares on GPUs 1 and 3, none on 0 and 2 (llama.cpp then gives them no layer)
+    assert params["tensor_split"] == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_a_row_split_uses_llama_cpps_row_mode() -> None:
+    params = model_placement("cuda:0,cuda:1", True, False, split="row")
+    assert params["split_mode"] == C.LLAMA_SPLIT_MODE_ROW
+    assert params["tensor_split"] == [1.0, 1.0] and params["main_gpu"] == 0
+
+
+def test_split_none_or_one_gpu_or_no_offload_never_splits() -> None:
+    assert "tensor_split" not in model_placement("cuda:2", True, False, split="layer")
+    assert model_placement("cuda:0,cuda:1", False, False, split="layer")["n_gpu_layers"] == 0
+
+
+def test_the_tensor_split_fits_llama_cpps_array() -> None:
+    params = C.llama_model_default_params()
+    split = model_placement("cuda:0,cuda:1", True, False, split="layer")["tensor_split"]
+    assert isinstance(split, list) and len(split) <= C.llama_max_devices()
+    array = (ctypes.c_float * C.llama_max_devices())(*split)
+    params.tensor_split = array
+    assert [params.tensor_split[i] for i in range(len(split))] == split

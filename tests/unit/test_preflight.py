@@ -206,3 +206,60 @@ def test_rejection_serialises_structured_inside_the_openai_envelope() -> None:
     assert error["type"] == "invalid_request_error" and error["code"] == "gguf_tensor_parallel"
     assert error["message"] == f"{error['detail']} {error['suggestion']}"
     assert error["param"] == "source"
+
+
+# -- a GGUF split over several GPUs ------------------------------------------------------------
+
+
+def split_rejected(
+    listing: list[tuple[str, int]], gpus: int, **fields: object
+) -> PreflightRejected:
+    with pytest.raises(PreflightRejected) as caught:
+        plan(spec(**fields), listing, devices_available=8, free_mb=None, gpus=gpus)
+    return caught.value
+
+
+def test_a_split_on_a_cpu_only_node_is_refused_saying_so() -> None:
+    error = split_rejected(GGUF, 0, quant="Q4_K_M", split="layer", devices=2)
+    assert error.reason == "split_needs_gpus"
+    assert 'split = "layer" over devices = 2 needs 2 GPUs' in error.detail
+    assert "no GPU llama.cpp can use" in error.detail
+    assert 'split = "none"' in error.suggestion
+
+
+def test_a_split_over_more_gpus_than_the_node_has_is_refused() -> None:
+    error = split_rejected(GGUF, 2, quant="Q4_K_M", split="row", devices=4)
+    assert error.reason == "split_needs_gpus" and "only 2 GPU(s)" in error.detail
+    assert "at most 2" in error.suggestion
+    chosen = plan(
+        spec(quant="Q4_K_M", split="row", devices=2),
+        GGUF,
+        devices_available=2,
+        free_mb=None,
+        gpus=2,
+    )
+    assert chosen.format == "gguf"
+
+
+def test_a_split_of_dense_weights_is_refused_and_points_at_tensor_parallel() -> None:
+    error = split_rejected(DENSE, 4, split="layer", devices=2)
+    assert error.reason == "split_not_gguf" and "tensor_parallel" in error.suggestion
+
+
+def test_a_split_divides_the_weights_over_its_gpus() -> None:
+    # 6000 MB of weights over 2 GPUs of 3500 MB each: 3000 MB per GPU fits
+    chosen = spec(quant="Q6_K_P", split="layer", devices=2)
+    plan(chosen, GGUF, devices_available=2, free_mb=3_500, gpus=2)
+    error = rejected(GGUF, quant="Q6_K_P", split="layer", devices=2, free_mb=2_999)
+    assert error.reason == "insufficient_memory" and "per GPU over 2 GPUs" in error.detail
+
+
+def test_split_and_devices_must_agree_in_the_spec() -> None:
+    for fields in (
+        {"devices": 2},
+        {"split": "layer"},
+        {"split": "row", "devices": 2, "tensor_parallel": 2},
+    ):
+        with pytest.raises(ValueError):
+            spec(**fields)
+    assert spec(split="layer", devices=3).width == 3 and spec(tensor_parallel=2).width == 2

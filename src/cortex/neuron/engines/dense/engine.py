@@ -48,6 +48,7 @@ from cortex.neuron.engines.dense.rank_model import LoadParams, RankModel, pick_d
 from cortex.neuron.engines.dense.sampling import Sampler
 from cortex.neuron.engines.dense.sharding import ModelShape, plan_sharding
 from cortex.neuron.engines.dense.tokenizer import HFTokenizer, IncrementalText
+from cortex.neuron.engines.device_set import split_devices
 from cortex.neuron.engines.textstream import TextAssembler
 from cortex.spec import ModelSpec
 
@@ -87,13 +88,16 @@ class DenseEngine:
         world = spec.tensor_parallel
         sharding = plan_sharding(ModelShape.of(config), world)  # refuses before any load
         self._tokenizer = HFTokenizer(path)
+        # "cuda:2,cuda:3": the ranks' devices as placement chose them, rank 0's first
+        devices = split_devices(device_id)
         params = LoadParams(
             path=str(path),
-            device=device_id,
-            dtype=pick_dtype(getattr(config, "dtype", None), device_id),
+            device=devices[0],
+            dtype=pick_dtype(getattr(config, "dtype", None), devices[0]),
             threads=max(1, n_threads // world),
             sharding=sharding,
             world=world,
+            devices=tuple(devices) if len(devices) > 1 else (),
         )
         runner = self._make_runner(params)
         try:

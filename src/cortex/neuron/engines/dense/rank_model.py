@@ -36,6 +36,7 @@ class LoadParams:
     sharding: ShardingKind
     rank: int = 0
     world: int = 1
+    devices: tuple[str, ...] = ()  # every rank's device, rank order (empty: the old rule)
 
 
 def pick_dtype(config_dtype: Any, device: str) -> str:

@@ -287,7 +287,10 @@ class TensorParallelGroup:
 
 
 def _device(params: LoadParams, rank: int) -> str:
-    """Rank r's device: the CPU for every rank, or the r-th GPU after the leader's."""
+    """Rank r's device: the one placement named for it, else the CPU for every rank, or
+    the r-th GPU after the leader's."""
+    if params.devices:
+        return params.devices[rank]
     if not params.device.startswith("cuda"):
         return params.device
     return f"cuda:{(torch.device(params.device).index or 0) + rank}"

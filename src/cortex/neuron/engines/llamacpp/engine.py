@@ -44,6 +44,7 @@ from cortex.neuron.engines.base import (
     emit_finished,
     emit_generated,
 )
+from cortex.neuron.engines.device_set import split_devices
 from cortex.neuron.engines.llamacpp.disk_cache import DiskCache, cache_key, file_identity
 from cortex.neuron.engines.llamacpp.embed import EmbeddingContext, pooling_of
 from cortex.neuron.engines.llamacpp.host_cache import (
@@ -73,25 +74,32 @@ def _init_backend() -> None:
 
 
 def model_placement(
-    device_id: str, gpu_offload: bool, use_extra_buffer_types: bool
-) -> dict[str, int | bool]:
+    device_id: str, gpu_offload: bool, use_extra_buffer_types: bool, split: str = "none"
+) -> dict[str, int | bool | list[float]]:
     """llama.cpp model parameters that put the model where placement counted it.
 
     On a GPU: every layer there and only there (``split_mode`` none with ``main_gpu``;
     llama.cpp's default layer split would spread it over every visible GPU while the
-    gateway charges one). ``use_extra_bufts`` turns llama.cpp's optional CPU weight
-    layouts (AMX, repacked quants) on or off: fast where they work, a segfault on
-    some CPUs, so the engine process's canary decides (``runtime/engine_host.py``).
+    gateway charges one). On several GPUs (``device_id`` "cuda:1,cuda:3", a spec's
+    ``split`` "layer" or "row"): that split mode, an equal ``tensor_split`` share on
+    each named GPU and none on the others, ``main_gpu`` the first named. ``tensor_split``
+    is a list here, indexed by CUDA ordinal (llama.cpp's device order); the engine makes
+    the C array. ``use_extra_bufts`` turns llama.cpp's optional CPU weight layouts (AMX,
+    repacked quants) on or off: fast where they work, a segfault on some CPUs, so the
+    engine process's canary decides (``runtime/engine_host.py``).
     """
-    params: dict[str, int | bool] = {"use_extra_bufts": use_extra_buffer_types}
-    if device_id.startswith("cuda") and gpu_offload:
-        params |= {
-            "n_gpu_layers": 999,
-            "split_mode": C.LLAMA_SPLIT_MODE_NONE,
-            "main_gpu": int(device_id.split(":")[1]),
-        }
-    else:
+    params: dict[str, int | bool | list[float]] = {"use_extra_bufts": use_extra_buffer_types}
+    gpus = [int(d.split(":")[1]) for d in split_devices(device_id) if d.startswith("cuda")]
+    if not gpus or not gpu_offload:
         params["n_gpu_layers"] = 0
+        return params
+    params |= {"n_gpu_layers": 999, "main_gpu": gpus[0]}
+    if len(gpus) == 1 or split == "none":
+        params["split_mode"] = C.LLAMA_SPLIT_MODE_NONE
+        return params
+    mode = C.LLAMA_SPLIT_MODE_ROW if split == "row" else C.LLAMA_SPLIT_MODE_LAYER
+    params["split_mode"] = mode
+    params["tensor_split"] = [1.0 if i in gpus else 0.0 for i in range(max(gpus) + 1)]
     return params
 
 
@@ -142,10 +150,16 @@ class LlamaCppEngine:
         # process passes what its canary found (``runtime/engine_host.py``).
         _init_backend()
         model_params = C.llama_model_default_params()
-        for name, value in model_placement(
-            device_id, C.llama_supports_gpu_offload(), use_extra_buffer_types
-        ).items():
+        placement = model_placement(
+            device_id, C.llama_supports_gpu_offload(), use_extra_buffer_types, spec.split
+        )
+        split = placement.pop("tensor_split", None)
+        for name, value in placement.items():
             setattr(model_params, name, value)
+        if isinstance(split, list):
+            # llama.cpp reads llama_max_devices() floats; kept alive with the engine
+            self._tensor_split = (ctypes.c_float * C.llama_max_devices())(*split)
+            model_params.tensor_split = self._tensor_split
         self.uses_extra_buffer_types = use_extra_buffer_types
         self._model = C.llama_model_load_from_file(str(path).encode(), model_params)
         if not self._model:
