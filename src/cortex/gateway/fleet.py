@@ -162,6 +162,7 @@ class Node:
                     state=self.phase(m.id) or m.state,
                     devices=m.devices,
                     memory_mb=m.memory_mb,
+                    device_memory_mb=m.device_memory_mb,
                     in_flight=self.in_flight(m.id),
                     queued=m.queued,
                     last_used=self.last_used(m.id),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from cortex.protocol.neuron import DeviceStatus, ModelState
 from cortex.spec import SamplingDefaults
@@ -43,6 +43,9 @@ class NodeModel(_Wire):
     context_length: int | None
     pinned: bool
     priority: int
+    # MB on each of ``devices`` (tensor-parallel ranks on one device summed): a model
+    # over several devices is charged its share on each
+    device_memory_mb: dict[str, int] = Field(default_factory=dict)
 
 
 class NodeView(_Wire):
