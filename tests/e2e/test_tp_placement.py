@@ -17,7 +17,7 @@ import pytest
 
 import reference as ref
 import required
-from procs import Gateway, Neuron, gateway_config
+from procs import BUNDLED, Gateway, Neuron, gateway_config
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +90,14 @@ def test_tp4_on_a_node_of_two_ranks_is_refused_saying_why(fleet) -> None:
     assert refused.status_code >= 400, refused.text
     message = json.dumps(refused.json())
     assert "4 devices of one node" in message and "the most is 2, on ranks" in message
+
+
+def test_a_gguf_split_on_a_cpu_only_neuron_is_a_structured_422(fleet) -> None:
+    node, _ = fleet
+    spec = {"id": "split", "source": BUNDLED, "split": "layer", "devices": 2}
+    refused = httpx.post(node.url + "/models/load", json=spec, timeout=60)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["kind"] == "split_needs_gpus" and error["model_id"] == "split"
+    assert "no GPU llama.cpp can use" in error["detail"]
+    assert node.model("split") is None
