@@ -92,12 +92,20 @@ class _LocalSink:
             self.finished = event
 
 
+# Long enough that the prefill goes through the batched matrix kernels: llama.cpp's
+# AMX kernels on a Xeon whose hypervisor does not enable AMX die of SIGILL on any batch
+# of two or more tokens, while a one-token prompt decodes through the vector path and
+# passes (measured on such a Xeon: "Hello" passed, every longer prompt crashed).
+_CANARY_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 5)
+
+
 def _canary(engine: Engine) -> None:
-    """Prefill a short prompt and decode two greedy tokens; raise if that fails."""
+    """Prefill a prompt of some fifty tokens and decode two greedy tokens; raise if that
+    fails."""
     sink = _LocalSink()
     engine.submit(
         GenerationRequest(
-            prompt_tokens=engine.tokenize_prompt("Hello"),
+            prompt_tokens=engine.tokenize_prompt(_CANARY_PROMPT),
             max_new_tokens=2,
             sampling=SamplingParams(temperature=0.0),
             stop=[],
