@@ -465,6 +465,74 @@ async def test_a_canary_crash_with_extra_buffer_types_is_retried_without_them(
         assert loaded.fallback == FALLBACK
 
 
+async def test_after_one_canary_crash_later_loads_start_without_extra_buffer_types(
+    files: FakeFiles,
+) -> None:
+    """The crash is the CPU's: a second model is not made to crash its canary too,
+    while one whose spec forces them still gets them."""
+    files.crash_with_extra_buffer_types = True
+    async with running_manager(files) as manager:
+        await manager.load(spec_of("m"))
+        second = await manager.load(spec_of("n"))
+        assert files.launches == [True, False, False]
+        assert second.fallback == (
+            "no extra buffer types: they crashed on this node (SIGSEGV in m's canary)"
+        )
+        chosen = await manager.load(spec_of("o", extra_buffer_types=False))
+        assert chosen.fallback is None
+        files.crash_with_extra_buffer_types = False
+        forced = await manager.load(spec_of("p", extra_buffer_types=True))
+        assert files.launches == [True, False, False, False, True]
+        assert forced.fallback is None
+
+
+@pytest.mark.parametrize("signal", ["SIGILL", "SIGSEGV"])
+async def test_a_crash_while_serving_on_extra_buffer_types_recovers_without_them(
+    files: FakeFiles, signal: str
+) -> None:
+    """The canary cannot try every shape a request takes (a Xeon's AMX kernels died of
+    SIGILL on any batch of two tokens): a native crash while serving on the optional
+    layouts rebuilds the engine without them, and it stays so."""
+    async with running_manager(files) as manager:
+        loaded = await manager.load(spec_of("m"))  # extra_buffer_types="auto"
+        assert loaded.use_extra_buffer_types is True and loaded.fallback is None
+        files.engines[0].crash_next_step(signal)
+        with pytest.raises(ModelRecovering):
+            await _generate_once(manager, "m")
+        await eventually(lambda: _state(manager, "m") is ModelState.READY)
+
+        assert files.launches == [True, False]
+        assert loaded.fallback == f"no extra buffer types after {signal} while serving"
+        assert loaded.status().fallback == loaded.fallback
+        assert (await _generate_once(manager, "m"))[0] == "Hello world!"
+
+
+@pytest.mark.parametrize("setting", [True, False])
+async def test_a_crash_while_serving_keeps_a_forced_setting(
+    files: FakeFiles, setting: bool
+) -> None:
+    async with running_manager(files) as manager:
+        loaded = await manager.load(spec_of("m", extra_buffer_types=setting))
+        files.engines[0].crash_next_step()
+        with pytest.raises(ModelRecovering):
+            await _generate_once(manager, "m")
+        await eventually(lambda: _state(manager, "m") is ModelState.READY)
+        assert files.launches == [setting, setting]
+        assert loaded.fallback is None
+
+
+async def test_a_device_error_while_serving_keeps_extra_buffer_types(files: FakeFiles) -> None:
+    """Only a native crash blames the optional layouts; a device error does not."""
+    async with running_manager(files) as manager:
+        loaded = await manager.load(spec_of("m"))
+        await manager.inject_fault("m", "device_error")
+        with pytest.raises(ModelRecovering):
+            await _generate_once(manager, "m")
+        await eventually(lambda: _state(manager, "m") is ModelState.READY)
+        assert files.launches == [True, True]
+        assert loaded.fallback is None
+
+
 async def test_a_canary_crash_is_not_retried_when_the_spec_forces_extra_buffer_types(
     files: FakeFiles,
 ) -> None:

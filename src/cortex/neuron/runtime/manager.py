@@ -300,6 +300,9 @@ class ModelManager:
         self._lock = asyncio.Lock()  # loads, unloads and recoveries one at a time
         self._watchdog: asyncio.Task[None] | None = None
         self._recoveries: dict[str, asyncio.Task[None]] = {}
+        # Why llama.cpp's extra buffer types are off for every "auto" load from now on: a
+        # crash on them is this CPU's, not one model's, so one is enough to learn it.
+        self._extra_buffer_types_crashed: str | None = None
         self._loads: dict[str, PendingLoad] = {}  # by model id, until the load ends
         self._metrics.watch_states(lambda: [(m.id, m.state.value) for m in self.models()])
 
@@ -421,7 +424,8 @@ class ModelManager:
                 memory_mb=sum(shares),
                 embedding_mb=estimate.embedding_mb,
                 metrics=self._metrics,
-                use_extra_buffer_types=spec.extra_buffer_types is not False,
+                use_extra_buffer_types=self._extra_buffer_types_for(spec),
+                fallback=self._fallback_for(spec),
                 file_sampling=file_sampling,
                 kv_host_cache_mb=self._host_grant(spec),
             )
@@ -507,8 +511,20 @@ class ModelManager:
                 raise
             model.use_extra_buffer_types = False
             model.fallback = f"no extra buffer types after {exc.exit.signal} in canary"
+            self._extra_buffer_types_crashed = f"{exc.exit.signal} in {model.id}'s canary"
             log.warning("model=%s load retried with safe settings: %s", model.id, model.fallback)
             return await self._launch(model)
+
+    def _extra_buffer_types_for(self, spec: ModelSpec) -> bool:
+        if spec.extra_buffer_types == "auto":
+            return self._extra_buffer_types_crashed is None
+        return spec.extra_buffer_types
+
+    def _fallback_for(self, spec: ModelSpec) -> str | None:
+        crashed = self._extra_buffer_types_crashed
+        if spec.extra_buffer_types == "auto" and crashed is not None:
+            return f"no extra buffer types: they crashed on this node ({crashed})"
+        return None
 
     async def _launch(self, model: LoadedModel) -> EngineHandle:
         holder: list[EngineHandle] = []
@@ -546,6 +562,14 @@ class ModelManager:
         """The serving engine's process ended on its own: a fault."""
         model.last_fault = exit
         self._metrics.engine_faults.labels(model.id, exit.kind).inc()
+        auto = model.spec.extra_buffer_types == "auto"
+        if exit.kind == "crash" and model.use_extra_buffer_types and auto:
+            # the canary cannot try every shape a request takes; a native crash while
+            # serving on the optional layouts rebuilds without them
+            model.use_extra_buffer_types = False
+            model.fallback = f"no extra buffer types after {exit.signal} while serving"
+            self._extra_buffer_types_crashed = f"{exit.signal} while {model.id} served"
+            log.warning("model=%s recovers with safe settings: %s", model.id, model.fallback)
         self._poison(model, exit.detail)
 
     def _poison(self, model: LoadedModel, reason: str) -> None:
