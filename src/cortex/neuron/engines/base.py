@@ -102,6 +102,10 @@ class GenerationRequest:
     # Set from the event loop when the client goes away; the worker checks it
     # before every decode step, so a cancelled sequence frees its slot within one step.
     cancelled: bool = field(default=False)
+    # False: a prefill from scratch that leaves nothing cached (the load canary, which
+    # must run the batched kernels, not find its prompt in a cache an earlier engine
+    # wrote to disk).
+    use_cache: bool = True
 
 
 def emit_generated(

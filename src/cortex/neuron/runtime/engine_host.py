@@ -110,6 +110,9 @@ def _canary(engine: Engine) -> None:
             sampling=SamplingParams(temperature=0.0),
             stop=[],
             sink=sink,
+            # Never from a cache: the disk tier outlives the engine, and a canary whose
+            # prompt an earlier engine left there would skip the kernels it must try.
+            use_cache=False,
         )
     )
     if os.environ.get(CRASH_CANARY_ENV) and getattr(engine, "uses_extra_buffer_types", False):

@@ -378,22 +378,12 @@ class LlamaCppEngine:
                     )
                 )
                 continue
-            slot, reuse = self._best_slot(free, request.prompt_tokens)
-            saved, saved_shared = self._saved_for(request.prompt_tokens)
-            donor, donor_shared = self._running_prefix(busy, request.prompt_tokens)
-            if donor is not None and donor_shared > max(reuse, saved_shared):
-                # A running sequence holds the longest prefix (a sub-agent sharing the main
-                # loop's system prompt and tools): copy its KV rather than prefill it again.
+            if request.use_cache:
+                slot, reuse = self._slot_for(free, busy, request.prompt_tokens)
+            else:  # from scratch, in an empty or the least recently used slot
                 slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
                 self._save(slot)
-                reuse = donor_shared if self._copy_slot(donor, slot) else 0
-            elif saved is not None and saved_shared > reuse:
-                # Host RAM holds more of this prompt than any free slot: put it back.
-                slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
-                self._save(slot)
-                reuse = saved_shared if self._restore(slot, saved) else 0
-            elif reuse < len(slot.tokens):
-                self._save(slot)  # what the slot held is about to be cut: keep it
+                reuse = 0
             # Keep the shared prefix's KV, drop the rest of what the slot held.
             C.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
             slot.tokens = slot.tokens[:reuse]
@@ -408,6 +398,27 @@ class LlamaCppEngine:
                     cached=reuse,
                 )
             )
+
+    def _slot_for(self, free: list[_Slot], busy: set[int], prompt: list[int]) -> tuple[_Slot, int]:
+        """The free slot a prompt goes to, holding the longest cached prefix of it that
+        any tier has (put there now), and how many of its tokens that prefix covers."""
+        slot, reuse = self._best_slot(free, prompt)
+        saved, saved_shared = self._saved_for(prompt)
+        donor, donor_shared = self._running_prefix(busy, prompt)
+        if donor is not None and donor_shared > max(reuse, saved_shared):
+            # A running sequence holds the longest prefix (a sub-agent sharing the main
+            # loop's system prompt and tools): copy its KV rather than prefill it again.
+            slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
+            self._save(slot)
+            reuse = donor_shared if self._copy_slot(donor, slot) else 0
+        elif saved is not None and saved_shared > reuse:
+            # Host RAM holds more of this prompt than any free slot: put it back.
+            slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
+            self._save(slot)
+            reuse = saved_shared if self._restore(slot, saved) else 0
+        elif reuse < len(slot.tokens):
+            self._save(slot)  # what the slot held is about to be cut: keep it
+        return slot, reuse
 
     def _best_slot(self, free: list[_Slot], prompt: list[int]) -> tuple[_Slot, int]:
         def shared(slot: _Slot) -> int:
@@ -634,7 +645,7 @@ class LlamaCppEngine:
         )
         C.llama_sampler_free(seq.sampler)
         seq.slot.last_used = time.monotonic()
-        if reason == "error":  # what the slot holds is in doubt
+        if reason == "error" or not seq.request.use_cache:  # in doubt, or not to be kept
             C.llama_memory_seq_rm(self._memory, seq.slot.seq_id, -1, -1)
             seq.slot.tokens = []
         self._active.remove(seq)
