@@ -28,6 +28,7 @@ from procs import BUNDLED, MODEL, Gateway, Neuron
 pytestmark = pytest.mark.slow
 
 KEYS = ["sk-one", "sk-two"]
+ADMIN = "gateway-admin-s3cret"
 TOKEN = "neuron-admin-s3cret"
 HELLO = [{"role": "user", "content": "Say hi."}]
 
@@ -81,6 +82,11 @@ NEURON_BODIES = {
 PATH_PARAMS = {"asset": "app.js"}
 
 
+def is_admin(path: str) -> bool:
+    """The gateway's admin routes: the admin token opens them, an API key never does."""
+    return path == "/fleet" or path.startswith(("/fleet/", "/admin/", "/debug/"))
+
+
 def calls(routes: list[BaseRoute]) -> list[tuple[str, str]]:
     """(method, path) for every method of every route; GET for a mount (static files)."""
     found = [
@@ -118,6 +124,7 @@ def keyed(neuron: Neuron, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     config = f"""
 [gateway]
 api_keys = {KEYS!r}
+admin_token = "{ADMIN}"
 poll_interval_s = 0.5
 
 [[neurons]]
@@ -125,7 +132,8 @@ name = "{neuron.name}"
 endpoint = "{neuron.url}"
 """
     models = f'[[models]]\nid = "{MODEL}"\nsource = "{BUNDLED}"\n'
-    process = Gateway(tmp_path_factory.mktemp("keyed"), config, models, {MODEL}, api_key=KEYS[1])
+    tmp = tmp_path_factory.mktemp("keyed")
+    process = Gateway(tmp, config, models, {MODEL}, api_key=KEYS[1], admin_token=ADMIN)
     yield process
     process.stop()
 
@@ -153,7 +161,7 @@ def test_every_gateway_route_needs_a_key_unless_public(keyed: Gateway, method: s
             assert answer.json()["error"]["type"] == "authentication_error"
         elif path.startswith("/api/"):  # Ollama's: one string
             assert "API key" in answer.json()["error"], answer.text
-        elif path.startswith("/admin/"):
+        elif is_admin(path):
             assert answer.json()["error"]["code"] == "invalid_admin_token", answer.text
         else:
             assert answer.json()["error"]["code"] == "invalid_api_key", answer.text
@@ -162,10 +170,39 @@ def test_every_gateway_route_needs_a_key_unless_public(keyed: Gateway, method: s
     past = {**body, "model": "no-such-model"} if "model" in body else body
     for headers in ({"Authorization": f"Bearer {KEYS[0]}"}, {"x-api-key": KEYS[1]}):
         answer = send(keyed.url, method, path, past, **headers)
-        if path.startswith("/admin/"):  # the admin API takes the admin token only (test_keys)
+        if is_admin(path):  # an API key never opens an admin route
             assert answer.status_code == 401, (headers, answer.text)
         else:
             assert answer.status_code != 401, (headers, answer.text)
+    if is_admin(path):  # the admin token does, sent either way
+        for headers in ({"Authorization": f"Bearer {ADMIN}"}, {"x-api-key": ADMIN}):
+            answer = send(keyed.url, method, path, past, **headers)
+            assert answer.status_code != 401, (headers, answer.text)
+
+
+def test_keys_without_an_admin_token_close_the_admin_routes(neuron: Neuron, tmp_path: Path) -> None:
+    """No admin token set: the fleet's admin routes stay closed, to the keys too, and the
+    gateway says so at start-up and in each refusal."""
+    config = f"""
+[gateway]
+api_keys = ["{KEYS[0]}"]
+
+[[neurons]]
+name = "{neuron.name}"
+endpoint = "{neuron.url}"
+"""
+    gateway = Gateway(tmp_path, config, f'[[models]]\nid = "{MODEL}"\nsource = "{BUNDLED}"\n')
+    try:
+        key = {"Authorization": f"Bearer {KEYS[0]}"}
+        for path in ("/fleet", "/fleet/stats", "/admin/keys"):
+            answer = httpx.get(gateway.url + path, headers=key, timeout=10)
+            assert answer.status_code == 401, answer.text
+            assert "none is set" in answer.json()["error"]["message"]
+        models = httpx.get(gateway.url + "/v1/models", headers=key, timeout=10)
+        assert models.status_code == 200  # the key still serves the API
+        assert "/fleet, /admin and /debug stay closed" in gateway.log_path.read_text()
+    finally:
+        gateway.stop()
 
 
 def test_the_sdks_see_a_401_in_their_own_shape(keyed: Gateway) -> None:

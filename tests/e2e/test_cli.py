@@ -56,6 +56,7 @@ def test_unreachable_gateway_is_a_clear_error() -> None:
 
 
 KEY = "sk-cli"
+ADMIN = "cli-admin-token"
 SPARE = f'[[models]]\nid = "spare"\nsource = "{BUNDLED}"\ncontext_length = 512\nmax_batch = 1\n'
 
 
@@ -65,6 +66,7 @@ def keyed(neuron: Neuron, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     config = f"""
 [gateway]
 api_keys = ["{KEY}"]
+admin_token = "{ADMIN}"
 poll_interval_s = 0.5
 
 [[neurons]]
@@ -72,7 +74,9 @@ name = "{neuron.name}"
 endpoint = "{neuron.url}"
 """
     models = f'[[models]]\nid = "{MODEL}"\nsource = "{BUNDLED}"\n\n' + SPARE
-    process = Gateway(tmp_path_factory.mktemp("cli"), config, models, {MODEL}, api_key=KEY)
+    process = Gateway(
+        tmp_path_factory.mktemp("cli"), config, models, {MODEL}, api_key=KEY, admin_token=ADMIN
+    )
     yield process
     process.stop()
     # whatever a failed test left: the session's neuron serves its one model only
@@ -80,7 +84,8 @@ endpoint = "{neuron.url}"
 
 
 def test_load_and_unload_commands(keyed: Gateway, neuron: Neuron) -> None:
-    key = {"CORTEX_API_KEY": KEY}
+    # load and unload are admin routes: the admin token; models is the API's: the key
+    key = {"CORTEX_API_KEY": KEY, "CORTEX_ADMIN_TOKEN": ADMIN}
     assert neuron.model("spare") is None
     loaded = cortex("load", "spare", "--node", "n1", "--gateway", keyed.url, **key)
     assert loaded.strip() == "spare loaded on n1"
@@ -95,7 +100,8 @@ def test_load_and_unload_commands(keyed: Gateway, neuron: Neuron) -> None:
         (("unload", "spare"), key, "404"),  # not loaded anywhere
         (("load", "spare", "--node", "n9"), key, "Unknown node 'n9'"),
         (("load", "nothing-like-it"), key, "nothing-like-it"),
-        (("load", "spare"), {}, "401"),  # no CORTEX_API_KEY
+        (("load", "spare"), {}, "401"),  # no credential
+        (("load", "spare"), {"CORTEX_ADMIN_TOKEN": KEY}, "admin token"),  # a key is not one
     ):
         done = run(*args, "--gateway", keyed.url, **env)
         assert done.returncode != 0 and says in done.stderr, (args, done.stderr)
@@ -104,7 +110,7 @@ def test_load_and_unload_commands(keyed: Gateway, neuron: Neuron) -> None:
 
 
 def test_fleet_unload_on_one_node_or_all(keyed: Gateway, neuron: Neuron) -> None:
-    headers = {"Authorization": f"Bearer {KEY}"}
+    headers = {"Authorization": f"Bearer {ADMIN}"}
 
     def post(path: str, body: dict) -> httpx.Response:
         return httpx.post(keyed.url + path, json=body, headers=headers, timeout=120)

@@ -34,11 +34,12 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / ".cache" / "screenshots"
 KEY = "sk-dashboard-test"
+ADMIN = "dashboard-admin-token"
 
 
 def fleet_config(neuron: Neuron, api_key: str | None = None) -> str:
     """``n1`` (the session's neuron) and ``n2``, configured with nothing listening."""
-    keys = f'api_keys = ["{api_key}"]\n' if api_key else ""
+    keys = f'api_keys = ["{api_key}"]\nadmin_token = "{ADMIN}"\n' if api_key else ""
     return f"""
 [gateway]
 poll_interval_s = 0.5
@@ -126,16 +127,24 @@ def test_dashboard_shows_the_fleet(fleet: Gateway, page: Any, tmp_path: Path) ->
     shutil.copy(shot, SCREENSHOTS / "dashboard.png")
 
 
-def test_dashboard_asks_for_the_api_key(neuron: Neuron, page: Any, tmp_path: Path) -> None:
-    gateway = Gateway(tmp_path, fleet_config(neuron, KEY), MODELS, {MODEL}, api_key=KEY)
+def test_dashboard_asks_for_the_admin_token(neuron: Neuron, page: Any, tmp_path: Path) -> None:
+    config = fleet_config(neuron, KEY)
+    gateway = Gateway(tmp_path, config, MODELS, {MODEL}, api_key=KEY, admin_token=ADMIN)
     try:
-        # the page and its assets need no key; the data does
+        # the page and its assets need no key; the data needs the admin token
         assert httpx.get(gateway.url + "/ui", timeout=5).status_code == 200
         assert httpx.get(gateway.url + "/fleet", timeout=5).status_code == 401
         page.goto(gateway.url + "/ui")
         page.locator('#connection[data-state="key"]').wait_for()
-        assert "API key" in page.locator("#notice").inner_text()
+        assert "admin token" in page.locator("#notice").inner_text()
+        # an API key is not enough: the fleet view is an admin route
         page.fill("#api-key", KEY)
+        page.click("#key-form button[type=submit]")
+        page.wait_for_function(
+            "document.querySelector('#notice').innerText.includes('needs the admin token')"
+        )
+        assert page.locator('#connection[data-state="key"]').count() == 1
+        page.fill("#api-key", ADMIN)
         page.click("#key-form button[type=submit]")
         page.locator('.node[data-node="n1"] .node-status').wait_for()
         assert page.locator('.node[data-node="n1"] .node-status').inner_text() == "up"
@@ -147,7 +156,7 @@ def test_dashboard_asks_for_the_api_key(neuron: Neuron, page: Any, tmp_path: Pat
         # the key stays in the browser: a reload needs no typing
         page.reload()
         page.locator(f'tr.model[data-model="{MODEL}"]').wait_for()
-        assert page.locator("#api-key").input_value() == KEY
+        assert page.locator("#api-key").input_value() == ADMIN
         # a gateway that goes away: said so, the last view kept (dimmed), polls go on
         gateway.stop()
         page.locator('#connection[data-state="down"]').wait_for()

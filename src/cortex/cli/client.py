@@ -1,7 +1,6 @@
 """The CLI's HTTP calls to a gateway, with the credential each route takes: the admin
-token on admin routes (``--admin-token`` or ``$CORTEX_ADMIN_TOKEN``; else
-``$CORTEX_API_KEY``, which opens ``/fleet`` on a gateway with no admin token), the API
-key (``$CORTEX_API_KEY``) on API routes."""
+token on admin routes (``--admin-token`` or ``$CORTEX_ADMIN_TOKEN``; a gateway with
+no key at all needs none), the API key (``$CORTEX_API_KEY``) on API routes."""
 
 from __future__ import annotations
 
@@ -14,9 +13,7 @@ import httpx
 
 def admin_headers(args: argparse.Namespace | None = None) -> dict[str, str]:
     token = getattr(args, "admin_token", None) or os.environ.get("CORTEX_ADMIN_TOKEN")
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    return api_headers()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def api_headers() -> dict[str, str]:

@@ -109,8 +109,9 @@ class ApiKeys:
         self.protect_ui = protect_ui
         if self._keys and not self.admin_token:
             log.warning(
-                "api_keys without an admin_token: those keys also open /fleet; set "
-                "[gateway] admin_token (or CORTEX_ADMIN_TOKEN) to keep them to the API"
+                "api_keys without an admin_token: /fleet, /admin and /debug stay closed "
+                "(cortex status and the dashboard cannot read the fleet); set [gateway] "
+                "admin_token (or CORTEX_ADMIN_TOKEN) to open them to its holder"
             )
 
     @property
@@ -141,11 +142,8 @@ class ApiKeys:
                 "This route needs the admin token: 'Authorization: Bearer <admin_token>'.",
                 code="invalid_admin_token",
             )
-        if self._keys and not path.startswith("/admin/"):
-            for token in supplied:  # the cortex.toml keys, as before admin tokens
-                if token and token_matches(token, self._keys):
-                    return Identity(self._static_ids[token])
-            raise _refused(_NO_KEY)
+        # An API key never opens an admin route: whoever may generate may not unload
+        # the fleet's models or read its keys.
         if self._keys or (self.store is not None and self.store.any_keys):
             raise AuthenticationFailed(
                 "This route needs the admin token, and none is set: set [gateway] "

@@ -89,8 +89,12 @@
       notice(null);
     } catch (error) {
       if (error.status === 401) {
-        setConnection("key", "API key needed");
-        notice("This gateway needs an API key: paste one above (it stays in this browser).");
+        // the fleet's data is an admin route: an API key does not open it
+        setConnection("key", "admin token needed");
+        notice(
+          "The fleet view needs this gateway's admin token: paste it above (it stays in " +
+            `this browser). The gateway says: ${error.message}`,
+        );
       } else {
         const why = error.status ? `${error.status}: ${error.message}` : "unreachable";
         setConnection("down", `gateway ${why} · retrying`);
