@@ -198,6 +198,41 @@ def test_rooms_come_from_the_typed_status_within_the_budget() -> None:
     assert by_id["loading"].busy  # not ready: not idle either
 
 
+def test_a_gpu_beside_a_cpu_only_llama_cpp_build_takes_no_gguf_model() -> None:
+    """A neuron on a GPU host with a CPU-only llama.cpp says so per device (contract
+    1.3): GGUF placement skips that GPU, the dense engine and older neurons keep it."""
+
+    def device(device_id: str, free_mb: int, **engines: str) -> DeviceStatus:
+        return DeviceStatus(
+            id=device_id,
+            name=device_id,
+            memory_total_mb=free_mb,
+            memory_free_mb=free_mb,
+            memory_budget_mb=None,
+            memory_used_by_models_mb=0,
+            engines=engines,
+        )
+
+    devices = [
+        device("cpu", 8000, gguf="cpu", dense="cpu"),
+        device("cuda:0", 24000, gguf="cpu-only build", dense="cuda"),
+        device("cuda:1", 24000),  # an older neuron: no word on its engines
+    ]
+    fleet = Fleet([NeuronEndpoint(name="a", endpoint="http://a:1")], down_after_misses=1)
+    fleet.record_status("a", NodeStatus(node="a", devices=devices, models=[]))
+    node = fleet.nodes["a"]
+
+    def offered(model_format: str | None) -> list[str]:
+        return [room.device for room in rooms_of([node], {}, model_format)]
+
+    assert offered("gguf") == ["cpu", "cuda:1"]
+    assert offered("safetensors") == ["cpu", "cuda:0", "cuda:1"]
+    assert offered(None) == ["cpu", "cuda:0", "cuda:1"]
+    # so a GGUF model too big for the CPU is not planned onto the GPU it cannot use
+    plan = plan_load(rooms_of([node], {}, "gguf"), 20000, "lru")
+    assert plan == LoadPlan("a", "cuda:1")
+
+
 # -- several devices: 2 nodes x 4 GPUs of mixed sizes ---------------------------------------
 
 

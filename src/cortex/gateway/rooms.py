@@ -10,14 +10,27 @@ from cortex.protocol.neuron import DeviceStatus, ModelState, ModelStatus
 from cortex.spec import ModelSpec
 
 
-def rooms_of(nodes: Iterable[Node], profiles: dict[str, ModelSpec]) -> list[Room]:
-    return [room for node in nodes for room in _node_rooms(node, profiles)]
+def rooms_of(
+    nodes: Iterable[Node], profiles: dict[str, ModelSpec], model_format: str | None = None
+) -> list[Room]:
+    """Every device's room; with ``model_format``, only the devices whose engine for it
+    can run there (the neuron refuses the others, so placement must not count them)."""
+    return [room for node in nodes for room in _node_rooms(node, profiles, model_format)]
 
 
-def _node_rooms(node: Node, profiles: dict[str, ModelSpec]) -> list[Room]:
+def runs_on(device: DeviceStatus, model_format: str | None) -> bool:
+    """Whether the node's install can run a model of ``model_format`` on ``device``: a
+    GPU next to a CPU-only llama.cpp build takes no GGUF model (contract 1.3's
+    ``engines``; a neuron older than that says nothing, and is taken at its word)."""
+    return not (model_format == "gguf" and device.engines.get("gguf") == "cpu-only build")
+
+
+def _node_rooms(node: Node, profiles: dict[str, ModelSpec], model_format: str | None) -> list[Room]:
     rooms = []
     has_gpus = any(device.id != "cpu" for device in node.devices)
     for device in node.devices:
+        if not runs_on(device, model_format):
+            continue
         residents = tuple(
             _resident(node, model_id, device.id, profiles.get(model_id))
             for model_id, model in node.models.items()

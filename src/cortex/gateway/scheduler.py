@@ -403,9 +403,15 @@ class Scheduler:
                 f"No reachable node may load '{profile.id}'{where}." + (f" {why}" if why else ""),
                 retry_after_s=5,
             )
-        answer = plan_load(
-            rooms_of(eligible, self._catalogue.profiles), need, self._eviction.strategy
-        )
+        model_format = self._format_of(profile)
+        rooms = rooms_of(eligible, self._catalogue.profiles, model_format)
+        if not rooms:
+            raise Unavailable(
+                f"No eligible node can run '{profile.id}': their GPUs sit next to a CPU-only "
+                "llama.cpp build (rebuild it there with CORTEX_GPU=cuda scripts/setup.sh).",
+                retry_after_s=30,
+            )
+        answer = plan_load(rooms, need, self._eviction.strategy)
         if isinstance(answer, NoRoom):
             raise self._no_room_error(profile, answer)
         return answer
@@ -421,6 +427,13 @@ class Scheduler:
             and (only is None or node.name == only)
             and (not profile.nodes or node.name in profile.nodes)
         ]
+
+    def _format_of(self, profile: ModelSpec) -> str | None:
+        """The model's file format, as a neuron's estimate read it, else by its name."""
+        known = self._estimate_detail.get(profile.id)
+        if known is not None:
+            return known.format
+        return "gguf" if profile.source.lower().endswith(".gguf") else None
 
     def _no_room_error(self, profile: ModelSpec, answer: NoRoom) -> CortexError:
         where = f" on {answer.largest_slot_node}" if answer.largest_slot_node else ""
