@@ -93,6 +93,13 @@ def start_neuron(stack: contextlib.ExitStack, log_dir: Path, model_id: str) -> S
     return server
 
 
+def uses_extra_buffer_types(server: Server, model_id: str) -> bool:
+    """Whether the neuron's canary left llama.cpp's extra buffer types on for the model
+    (off on a CPU where they crash): a raw baseline must run with the same."""
+    models = httpx.get(server.url + "/status", timeout=10).json()["models"]
+    return next(m for m in models if m["id"] == model_id)["fallback"] is None
+
+
 def reload_neuron_model(server: Server, old_id: str, new_id: str, max_batch: int) -> None:
     with httpx.Client(base_url=server.url, timeout=120) as client:
         client.post("/models/unload", json={"id": old_id}).raise_for_status()

@@ -30,8 +30,14 @@ class RawWorker:
     the neuron does, and line 1 can alternate neuron and raw runs.
     """
 
-    def __init__(self, stack: contextlib.ExitStack, log_dir: Path) -> None:
-        job = {"model": str(model_path()), "messages": user(LONG_PROMPTS[0])}
+    def __init__(
+        self, stack: contextlib.ExitStack, log_dir: Path, extra_buffer_types: bool = True
+    ) -> None:
+        job = {
+            "model": str(model_path()),
+            "messages": user(LONG_PROMPTS[0]),
+            "extra_buffer_types": extra_buffer_types,
+        }
         self.log_path = log_dir / "raw_worker.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -87,6 +93,8 @@ def raw_worker(job: dict[str, Any]) -> None:
     C.llama_backend_init()
     model_params = C.llama_model_default_params()
     model_params.n_gpu_layers = 0
+    # as the neuron's canary chose: they die of SIGILL on a Xeon that hides AMX
+    model_params.use_extra_bufts = job["extra_buffer_types"]
     model = C.llama_model_load_from_file(job["model"].encode(), model_params)
     vocab = C.llama_model_get_vocab(model)
     tokens = _raw_prompt_tokens(C, model, vocab, job["messages"], render_chat)

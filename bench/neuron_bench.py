@@ -81,7 +81,12 @@ from _measurements import (
     raw_batched_ceiling,
     single_stream_decode,
 )
-from _procs import reload_neuron_model, start_llama_server, start_neuron
+from _procs import (
+    reload_neuron_model,
+    start_llama_server,
+    start_neuron,
+    uses_extra_buffer_types,
+)
 from _raw_llama import RawWorker
 from rich.console import Console
 from rich.table import Table
@@ -96,7 +101,7 @@ def run_neuron_phase(cfg: Config, stack: contextlib.ExitStack, log_dir: Path) ->
     """Everything measured on the neuron: lines 1 (its side), 2, 3 (its side) and 4."""
     out: dict[str, Any] = {}
     neuron = start_neuron(stack, log_dir, "bench")
-    raw = RawWorker(stack, log_dir)
+    raw = RawWorker(stack, log_dir, uses_extra_buffer_types(neuron, "bench"))
     own = [os.getpid(), neuron.proc.pid, raw.proc.pid]
     step("line 1: neuron (model loaded with defaults) and raw llama.cpp, alternately", cfg)
     out["single"] = single_stream_decode(cfg, neuron, "bench", raw, own)
