@@ -252,7 +252,8 @@ def test_max_parallel_counts_streams_until_they_end(gateway: Gateway) -> None:
 
 
 def test_usage_equals_what_the_clients_were_told(gateway: Gateway, neuron: Neuron) -> None:
-    keys = {dialect: new_key(gateway) for dialect in ("openai", "anthropic", "ollama", "cut")}
+    dialects = ("openai", "anthropic", "ollama", "responses", "cut")
+    keys = {dialect: new_key(gateway) for dialect in dialects}
     told = {d: {"requests": 0, "input_tokens": 0, "cached_tokens": 0, "output_tokens": 0}
             for d in keys}  # fmt: skip
 
@@ -264,7 +265,8 @@ def test_usage_equals_what_the_clients_were_told(gateway: Gateway, neuron: Neuro
 
     oa = chat(gateway, keys["openai"]["key"])
     an = claude(gateway, keys["anthropic"]["key"])
-    for i in range(12):
+    rs = chat(gateway, keys["responses"]["key"])
+    for i in range(30):  # 240 requests, 60 per dialect, half of them streamed
         messages = [{"role": "user", "content": f"Count to {i}."}]
         reply = oa.chat.completions.create(model=MODEL, messages=messages, max_tokens=1 + i % 8)
         details = reply.usage.prompt_tokens_details
@@ -289,6 +291,19 @@ def test_usage_equals_what_the_clients_were_told(gateway: Gateway, neuron: Neuro
             assert answer.status_code == 200, answer.text
             last = json.loads(answer.text.strip().splitlines()[-1])
             tell("ollama", last["prompt_eval_count"], last["eval_count"])
+        response = rs.responses.create(
+            model=MODEL, input=messages[0]["content"], max_output_tokens=1 + i % 8
+        )
+        cached = response.usage.input_tokens_details.cached_tokens
+        tell("responses", response.usage.input_tokens, response.usage.output_tokens, cached)
+        events = rs.responses.create(
+            model=MODEL, input=messages[0]["content"], max_output_tokens=1 + i % 8, stream=True
+        )
+        # the last event: response.completed, or response.incomplete after a length cut
+        # (which the SDK's .stream() helper does not fold into a final response)
+        final = [event for event in events][-1].response
+        cached = final.usage.input_tokens_details.cached_tokens
+        tell("responses", final.usage.input_tokens, final.usage.output_tokens, cached)
     # Streams cancelled after their first token: the client is told nothing of usage, so
     # what counts is what the neuron generated before the cut, by its own count of each
     # request (GET /requests/{id}, contract 1.3), which the gateway asks for afterwards.
@@ -302,9 +317,9 @@ def test_usage_equals_what_the_clients_were_told(gateway: Gateway, neuron: Neuro
         next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
         stream.close()
     # the usage flush runs every second; `cortex usage` reads what is stored
-    for dialect in ("openai", "anthropic", "ollama"):
+    for dialect in ("openai", "anthropic", "ollama", "responses"):
         expected = {**told[dialect], "errors": 0}
-        if dialect != "openai":  # their clients are not told of cached tokens
+        if dialect in ("anthropic", "ollama"):  # their clients are not told of cached tokens
             expected["cached_tokens"] = usage_of(gateway, keys[dialect]["id"])["cached_tokens"]
         assert usage_of(gateway, keys[dialect]["id"]) == expected, dialect
     generated = {"requests": 3, "errors": 0, "input_tokens": 0, "cached_tokens": 0,
