@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, PRIMITIVE_RULES, SchemaConverter
+from llama_cpp.llama_grammar import JSON_GBNF, PRIMITIVE_RULES, BuiltinRule, SchemaConverter
 
 from cortex.errors import InvalidRequest
 from cortex.neuron.prompt.toolcalls import ToolFormat
@@ -35,6 +35,14 @@ _NON_NEGATIVE = {
 }
 
 
+# A character of a JSON string. llama-cpp-python 0.3.36's converter admits raw control
+# characters here (llama.cpp's own converter does not), which JSON forbids: a sampled
+# newline inside a string made a schema-constrained answer unparseable.
+_JSON_STRING_CHAR = BuiltinRule(
+    r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})', []
+)
+
+
 class _BoundedConverter(SchemaConverter):
     """llama.cpp's converter ignores numeric bounds, so output could break the schema.
 
@@ -57,6 +65,9 @@ class _BoundedConverter(SchemaConverter):
             self._add_primitive(primitive, PRIMITIVE_RULES[primitive])
             return self._add_rule(name or "root", _NON_NEGATIVE[kind])
         return super().visit(schema, name)
+
+    def _add_primitive(self, name: str, rule: BuiltinRule) -> str:
+        return super()._add_primitive(name, _JSON_STRING_CHAR if name == "char" else rule)
 
 
 # What a schema may ask of the grammar. llama.cpp's GBNF parser expands a repetition
