@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 ADMIN = "shared-admin-token"
 HELLO = [{"role": "user", "content": "Say hi."}]
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
+FIELDS = ("requests", "input_tokens", "output_tokens")
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +58,11 @@ def new_key(gateway: Gateway, **limits: object) -> dict:
     return made.json()
 
 
-def ask(gateway: Gateway, key: str) -> None:
+def ask(gateway: Gateway, key: str) -> tuple[int, int]:
+    """The (input, output) tokens the client was told of."""
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
-    client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1)
+    reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1)
+    return reply.usage.prompt_tokens, reply.usage.completion_tokens
 
 
 def test_rpm_holds_across_gateways(pair: tuple[Gateway, Gateway]) -> None:
@@ -68,21 +71,24 @@ def test_rpm_holds_across_gateways(pair: tuple[Gateway, Gateway]) -> None:
         time.sleep(61 - time.time() % 60)
     made = new_key(a, rpm=3)
     key = made["key"]
-    ask(a, key)
-    ask(b, key)  # made through a, known to b (the same database)
-    ask(a, key)
+    told = [ask(a, key), ask(b, key), ask(a, key)]  # made through a, known to b
     for gateway in (b, a):  # each gateway alone has seen fewer than 3
         with pytest.raises(openai.RateLimitError, match="3 requests per minute"):
             ask(gateway, key)
 
-    def usage(gateway: Gateway) -> int:
+    def usage(gateway: Gateway) -> tuple[int, int, int]:
         answer = httpx.get(
             gateway.url + "/admin/usage", params={"key": made["id"]}, headers=AS_ADMIN
         )
-        return sum(row["requests"] for row in answer.json()["usage"])
+        rows = answer.json()["usage"]
+        return tuple(sum(row[f] for row in rows) for f in FIELDS)  # type: ignore[return-value]
 
-    # each gateway flushes its own counts every second: both then see all three
-    wait_for(lambda: usage(a) == 3 and usage(b) == 3, "the usage of both gateways, stored")
+    expected = (3, sum(i for i, _ in told), sum(o for _, o in told))
+    # each gateway flushes its own counts every second: both then see all three, exactly
+    wait_for(
+        lambda: usage(a) == expected and usage(b) == expected,
+        f"the usage of both gateways, stored: {expected}",
+    )
 
 
 def test_a_revocation_reaches_the_other_gateway(pair: tuple[Gateway, Gateway]) -> None:
