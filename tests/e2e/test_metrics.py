@@ -18,7 +18,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from procs import BUNDLED, MODEL, Gateway, Neuron, gateway_config
+from procs import BUNDLED, MODEL, Gateway, Neuron, gateway_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +129,43 @@ def test_a_known_set_of_requests_is_counted_exactly(fleet: tuple[Gateway, Neuron
     assert total(on_node["neuron_model_state"], model=MODEL, state="poisoned") == 0
     # the same question four times: every repeat reuses the KV of its prompt
     assert total(on_node["neuron_prefix_cache_hit_tokens_total"], model=MODEL) > 0
+
+
+def test_a_stream_its_client_left_is_counted_for_what_the_node_generated(
+    fleet: tuple[Gateway, Neuron],
+) -> None:
+    """The client is told nothing of usage when it cuts a stream; the token counters take
+    the node's own count of what it generated up to the cut, as the usage database does."""
+    gateway, node = fleet
+    url = f"http://127.0.0.1:{gateway.metrics_port}/metrics"
+
+    def counted() -> tuple[float, float]:
+        samples = scrape(url)
+        return (
+            total(samples["cortex_prompt_tokens_total"], model=MODEL),
+            total(samples["cortex_completion_tokens_total"], model=MODEL),
+        )
+
+    before = counted()
+    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key="none", max_retries=0)
+    stream = oai.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        max_tokens=200,
+        stream=True,
+        extra_headers={"x-request-id": "req-cut-1"},
+    )
+    next(chunk for chunk in stream if chunk.choices and chunk.choices[0].delta.content)
+    stream.close()
+    found = f"{node.url}/requests/req-cut-1"
+    wait_for(lambda: httpx.get(found, timeout=5).status_code == 200, "the node's count")
+    finished = httpx.get(found, timeout=5).json()
+    assert finished["finish"] == "cancelled" and 1 <= finished["completion_tokens"] < 200
+    expected = (
+        before[0] + finished["prompt_tokens"],
+        before[1] + finished["completion_tokens"],
+    )
+    wait_for(lambda: counted() == expected, f"the cut stream's tokens counted: {expected}")
 
 
 def logged(log: Path, request_id: str) -> list[dict]:

@@ -37,7 +37,7 @@ from cortex.error_handlers import error_body, error_status
 from cortex.errors import AuthenticationFailed, CortexError, RateLimited
 from cortex.gateway.fair_queue import Tenant, current_tenant
 from cortex.gateway.keys import KEY_PREFIX, KeyRecord, KeyStore
-from cortex.gateway.recording import RequestRecord, record
+from cortex.gateway.recording import RequestRecord, meter_late_counts, record
 from cortex.protocol.errors import error_headers
 
 if TYPE_CHECKING:  # state.py imports this module
@@ -261,6 +261,7 @@ async def _account_after_cut(state: GatewayState, identity: Identity, done: Requ
         finished = None
     if finished is not None:
         done.apply_report(finished.model_dump())
+        meter_late_counts(state.metrics, done)  # Prometheus's token counters, as usage
     _add_usage(state, identity, done, duration_s=ended - done.started)
 
 

@@ -59,6 +59,8 @@ class RequestRecord:
     # The client left once the node had the request: no report came, the node's own
     # count of what it generated is asked for afterwards (``Proxy.finished_counts``).
     client_left: bool = False
+    # The (prompt, completion) tokens the metrics have counted, once they have.
+    metered: tuple[int, int] | None = None
 
     def sending(self, node: str, waited_s: float) -> None:
         self.node = node
@@ -93,6 +95,21 @@ class RequestRecord:
 
 
 current_record: ContextVar[RequestRecord | None] = ContextVar("cortex_request", default=None)
+
+
+def meter_late_counts(metrics: GatewayMetrics, done: RequestRecord) -> None:
+    """Count the tokens a node reported after the client left (``Proxy.finished_counts``)
+    that the metrics have not counted yet. Before the record is written there is nothing
+    to do: it is written with the counts it has by then."""
+    if done.metered is None:
+        return
+    prompt, completion = done.metered
+    labels = (done.model or _NONE, done.node or _NONE)
+    if done.prompt_tokens > prompt:
+        metrics.prompt_tokens.labels(*labels).inc(done.prompt_tokens - prompt)
+    if done.completion_tokens > completion:
+        metrics.completion_tokens.labels(*labels).inc(done.completion_tokens - completion)
+    done.metered = (done.prompt_tokens, done.completion_tokens)
 
 
 def record() -> RequestRecord | None:
@@ -207,6 +224,7 @@ class RequestRecorder:
             series.prompt_tokens.inc(done.prompt_tokens)
         if done.completion_tokens:
             series.completion_tokens.inc(done.completion_tokens)
+        done.metered = (done.prompt_tokens, done.completion_tokens)
         if done.overhead_s is not None and done.status < 400:
             self._metrics.overhead.observe(done.overhead_s)
         self._recent.add(
