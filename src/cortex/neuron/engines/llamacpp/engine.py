@@ -381,9 +381,7 @@ class LlamaCppEngine:
             if request.use_cache:
                 slot, reuse = self._slot_for(free, busy, request.prompt_tokens)
             else:  # from scratch, in an empty or the least recently used slot
-                slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
-                self._save(slot)
-                reuse = 0
+                slot, reuse = self._vacate(free), 0
             # Keep the shared prefix's KV, drop the rest of what the slot held.
             C.llama_memory_seq_rm(self._memory, slot.seq_id, reuse, -1)
             slot.tokens = slot.tokens[:reuse]
@@ -408,17 +406,21 @@ class LlamaCppEngine:
         if donor is not None and donor_shared > max(reuse, saved_shared):
             # A running sequence holds the longest prefix (a sub-agent sharing the main
             # loop's system prompt and tools): copy its KV rather than prefill it again.
-            slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
-            self._save(slot)
+            slot = self._vacate(free)
             reuse = donor_shared if self._copy_slot(donor, slot) else 0
         elif saved is not None and saved_shared > reuse:
             # Host RAM holds more of this prompt than any free slot: put it back.
-            slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
-            self._save(slot)
+            slot = self._vacate(free)
             reuse = saved_shared if self._restore(slot, saved) else 0
         elif reuse < len(slot.tokens):
             self._save(slot)  # what the slot held is about to be cut: keep it
         return slot, reuse
+
+    def _vacate(self, free: list[_Slot]) -> _Slot:
+        """An empty free slot, else the least recently used, what it held saved first."""
+        slot = min(free, key=lambda s: (bool(s.tokens), s.last_used))
+        self._save(slot)
+        return slot
 
     def _best_slot(self, free: list[_Slot], prompt: list[int]) -> tuple[_Slot, int]:
         def shared(slot: _Slot) -> int:
