@@ -105,6 +105,10 @@ def measure(path: Path, mode: str, max_new: int) -> dict[str, float | str]:
     spec = ModelSpec(
         id="bench", source=BUNDLED_MODEL_SOURCE, context_length=2048, max_batch=1,
         prefix_cache=False, speculative=mode,
+        # Off: llama.cpp's extra buffer types die of SIGILL on batches on some Xeons
+        # (the neuron's canary finds that; this bench loads in-process without one),
+        # and on or off made no difference to either number where they run.
+        extra_buffer_types=False,
     )  # fmt: skip
     engine = LlamaCppEngine(path, spec, "cpu", 2)
     try:

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.testclient import TestClient
 
 from cortex.config import EvictionSection, GatewayConfig, ModelsConfig, NeuronEndpoint
@@ -364,3 +364,58 @@ def test_fleet_and_models_show_an_incompatible_node_with_its_reason() -> None:
         ("a", "ready")
     ]
     assert [(m.id, m.loaded_on) for m in listed.data] == [("m", ["a"])]
+
+
+# -- an older neuron still loads what it can -------------------------------------------------
+
+
+class _FirstSpec(BaseModel):
+    """The spec keys a contract-1.0 neuron knew, refusing any other as ModelSpec does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    source: str
+    quant: str | None = None
+    tensor_parallel: int = 1
+    context_length: int = 4096
+    max_batch: int = 4
+    pinned: bool = False
+    priority: int = 50
+    nodes: list[str] = Field(default_factory=list)
+    aliases: list[str] = Field(default_factory=list)
+    memory_mb: int | None = None
+
+
+async def load_on_first_neuron(spec: ModelSpec) -> LoadAnswer:
+    """``spec`` loaded over HTTP on a neuron that validates loads with ``_FirstSpec``."""
+
+    async def load(request: web.Request) -> web.Response:
+        try:
+            known = _FirstSpec.model_validate(await request.json())
+        except ValidationError as exc:
+            return web.json_response({"error": {"message": str(exc)}}, status=422)
+        answer = MODEL.model_copy(update={"id": known.id, "spec": spec})
+        return web.json_response(json.loads(answer.model_dump_json()))
+
+    app = web.Application()
+    app.router.add_post("/models/load", load)
+    server = TestServer(app)
+    await server.start_server()
+    endpoint = NeuronEndpoint(name="a", endpoint=str(server.make_url("")).rstrip("/"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            return await HttpNeuronClient(endpoint, session).load(spec)
+    finally:
+        await server.close()
+
+
+async def test_an_older_neuron_loads_a_spec_that_leaves_newer_keys_at_their_defaults() -> None:
+    answer = await load_on_first_neuron(SPEC)  # every later key at its default
+    assert answer.id == "m"
+
+
+async def test_an_older_neuron_refuses_a_newer_key_the_spec_really_sets() -> None:
+    with pytest.raises(CortexError) as refused:
+        await load_on_first_neuron(SPEC.model_copy(update={"kv_cache_type": "q8_0"}))
+    assert "kv_cache_type" in refused.value.message

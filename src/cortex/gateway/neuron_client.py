@@ -188,10 +188,13 @@ class HttpNeuronClient:
         )
 
     async def _admin(self, path: str, body: BaseModel, timeout_s: float) -> Any:
+        # Only the fields set away from their defaults: an older neuron refuses a spec key
+        # it does not know (ModelSpec forbids unknown keys), and a key at its default means
+        # the same to it left out, so a mixed-version fleet loads whatever it can.
         return await self._json(
             "POST",
             path,
-            json=body.model_dump(mode="json"),
+            json=body.model_dump(mode="json", exclude_defaults=True),
             headers=self._admin_headers(),
             timeout_s=timeout_s,
         )
