@@ -94,9 +94,11 @@ class GatewaySection(BaseModel):
     tls_key: Path | None = None
     database_url: str | None = Field(default=None, repr=False)
     # Responses API (store: true): how long a response stays retrievable and usable as a
-    # previous_response_id, and how many are kept at most (the oldest go first).
+    # previous_response_id, and how many and how many MB (each with its conversation)
+    # are kept at most: the oldest go first.
     responses_ttl_s: float = Field(default=30 * 24 * 3600, gt=0)
     responses_max_stored: int = Field(default=10_000, ge=1)
+    responses_max_mb: int = Field(default=1024, ge=1)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> GatewaySection:

@@ -1,9 +1,10 @@
 """Stored responses over real SQLite and PostgreSQL databases: what is kept, what a follow-up reads,
-deletion, and the age and count bounds enforced on write."""
+deletion, the age, count and size bounds enforced on write, and the schema's upgrade."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,8 +33,10 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     await db.close()
 
 
-async def store(database: Database, *, ttl_s: float = 3600, max_stored: int = 100) -> ResponseStore:
-    kept = ResponseStore(database, ttl_s=ttl_s, max_stored=max_stored)
+async def store(
+    database: Database, *, ttl_s: float = 3600, max_stored: int = 100, max_bytes: int = 1 << 20
+) -> ResponseStore:
+    kept = ResponseStore(database, ttl_s=ttl_s, max_stored=max_stored, max_bytes=max_bytes)
     await kept.migrate()
     return kept
 
@@ -105,3 +108,51 @@ async def test_beyond_max_stored_the_oldest_go_first(database: Database) -> None
         True,
         True,
     ]
+
+
+def long_conversation(words: int) -> list[dict[str, str]]:
+    return [{"type": "message", "role": "user", "content": "word " * words}]
+
+
+async def test_beyond_max_bytes_the_oldest_go_first(database: Database) -> None:
+    kept = await store(database, max_bytes=12_000)  # room for two of these, not three
+    for n in range(4):
+        kept.save_later(answer(f"resp_{n}"), long_conversation(1000))  # ~5 kB each
+        await kept.close()
+    assert [await kept.load(f"resp_{n}") is not None for n in range(4)] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    async with database.engine.connect() as conn:
+        total = (await conn.execute(sa.text("SELECT sum(size) FROM responses"))).scalar_one()
+    assert 10_000 < total <= 12_000
+
+
+async def test_a_response_larger_than_the_whole_bound_is_not_stored(database: Database) -> None:
+    kept = await store(database, max_bytes=12_000)
+    kept.save_later(answer("resp_small"), [])
+    kept.save_later(answer("resp_huge"), long_conversation(5000))
+    await kept.close()
+    assert await kept.load("resp_huge") is None
+    assert await kept.load("resp_small") is not None  # and it pushed out nothing
+
+
+async def test_a_version_1_table_is_upgraded_with_its_rows_sized(database: Database) -> None:
+    from cortex.gateway.response_store import MIGRATIONS
+
+    await database.migrate("responses", MIGRATIONS[:1])  # as the first release left it
+    async with database.engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO responses (id, stored_at, response, input_items) "
+                "VALUES ('resp_old', :now, :response, '[]')"
+            ),
+            {"now": time.time(), "response": answer("resp_old").model_dump_json()},
+        )
+    kept = await store(database)  # migrates to the current version
+    assert await kept.load("resp_old") is not None
+    async with database.engine.connect() as conn:
+        size = (await conn.execute(sa.text("SELECT size FROM responses"))).scalar_one()
+    assert size == len(answer("resp_old").model_dump_json()) + 2

@@ -118,6 +118,7 @@ def create_app(
             database,
             ttl_s=config.gateway.responses_ttl_s,
             max_stored=config.gateway.responses_max_stored,
+            max_bytes=config.gateway.responses_max_mb << 20,
         )
         await stored.migrate()
         fleet = Fleet(config.neurons, config.gateway.down_after_misses)

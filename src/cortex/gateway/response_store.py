@@ -4,10 +4,11 @@ input items that led to it (its predecessors' inputs and outputs included), so a
 follow-up is answered from ``items + output + its own input`` with one read.
 
 Component ``responses`` of the gateway database (``database.py``). Bounded by age
-(``responses_ttl_s``) and count (``responses_max_stored``), pruned on write: one indexed
-delete each. A write runs as a task the route does not wait for (the answer is already
-on its way); a read or delete of that id waits for it, so a client that retrieves
-right after the answer finds it.
+(``responses_ttl_s``), count (``responses_max_stored``) and size (``responses_max_mb``:
+each row holds its whole conversation, so a few long agent sessions can outweigh
+thousands of short answers), pruned on write, the oldest first. A write runs as a task
+the route does not wait for (the answer is already on its way); a read or delete of
+that id waits for it, so a client that retrieves right after the answer finds it.
 """
 
 from __future__ import annotations
@@ -28,22 +29,35 @@ from cortex.protocol import openai_responses as rs
 
 log = logging.getLogger("cortex.gateway.responses")
 
-_METADATA = sa.MetaData()
-_RESPONSES = sa.Table(
-    "responses",
-    _METADATA,
-    sa.Column("id", sa.String(80), primary_key=True),
-    sa.Column("stored_at", sa.Float, nullable=False, index=True),
-    sa.Column("response", sa.Text, nullable=False),  # the response object, as JSON
-    sa.Column("input_items", sa.Text, nullable=False),  # what it answered, as JSON
-)
+
+def _responses_table(metadata: sa.MetaData, *, sized: bool) -> sa.Table:
+    columns = [
+        sa.Column("id", sa.String(80), primary_key=True),
+        sa.Column("stored_at", sa.Float, nullable=False, index=True),
+        sa.Column("response", sa.Text, nullable=False),  # the response object, as JSON
+        sa.Column("input_items", sa.Text, nullable=False),  # what it answered, as JSON
+    ]
+    if sized:  # schema version 2: the row's bytes, for the size bound
+        columns.append(sa.Column("size", sa.BigInteger, nullable=False, server_default="0"))
+    return sa.Table("responses", metadata, *columns)
+
+
+_RESPONSES = _responses_table(sa.MetaData(), sized=True)
 
 
 def _create_responses(conn: Connection) -> None:
-    _RESPONSES.create(conn)
+    _responses_table(sa.MetaData(), sized=False).create(conn)  # as version 1 made it
 
 
-MIGRATIONS: list[Migration] = [_create_responses]
+def _add_size(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE responses ADD COLUMN size BIGINT NOT NULL DEFAULT 0"))
+    # characters for bytes on the rows already there: close enough for a bound
+    conn.execute(sa.text("UPDATE responses SET size = length(response) + length(input_items)"))
+    # The size bound's scan reads this index alone, never the rows' long text.
+    conn.execute(sa.text("CREATE INDEX responses_age_size ON responses (stored_at, size)"))
+
+
+MIGRATIONS: list[Migration] = [_create_responses, _add_size]
 
 
 @dataclass(frozen=True)
@@ -58,10 +72,13 @@ class Stored:
 
 
 class ResponseStore:
-    def __init__(self, database: Database, *, ttl_s: float, max_stored: int) -> None:
+    def __init__(
+        self, database: Database, *, ttl_s: float, max_stored: int, max_bytes: int
+    ) -> None:
         self._database = database
         self._ttl_s = ttl_s
         self._max = max_stored
+        self._max_bytes = max_bytes
         self._writes: dict[str, asyncio.Task[None]] = {}
 
     async def migrate(self) -> None:
@@ -101,11 +118,22 @@ class ResponseStore:
             await asyncio.wait({task})
 
     async def _save(self, response: rs.Response, items: list[dict[str, Any]]) -> None:
+        answered = response.model_dump_json()
+        conversation = json.dumps(items, separators=(",", ":"))
+        size = len(answered.encode()) + len(conversation.encode())
+        if size > self._max_bytes:
+            log.warning(
+                "response %s not stored: %d bytes with its conversation, over responses_max_mb",
+                response.id,
+                size,
+            )
+            return
         row = {
             "id": response.id,
             "stored_at": time.time(),
-            "response": response.model_dump_json(),
-            "input_items": json.dumps(items, separators=(",", ":")),
+            "response": answered,
+            "input_items": conversation,
+            "size": size,
         }
         try:
             async with self._database.engine.begin() as conn:
@@ -115,7 +143,8 @@ class ResponseStore:
             log.exception("could not store response %s", response.id)
 
     async def _prune(self, conn: Any) -> None:
-        """Drops what is older than the TTL, then all but the newest ``max_stored``."""
+        """Drops what is older than the TTL, then all but the newest ``max_stored``, then
+        the oldest until the rest weigh no more than ``max_bytes``."""
         table = _RESPONSES
         await conn.execute(table.delete().where(table.c.stored_at < self._oldest()))
         # the stored_at of the newest row past the bound: an index walk of max_stored rows
@@ -125,6 +154,23 @@ class ResponseStore:
                 .order_by(table.c.stored_at.desc())
                 .offset(self._max)
                 .limit(1)
+            )
+        ).scalar()
+        if cutoff is not None:
+            await conn.execute(table.delete().where(table.c.stored_at <= cutoff))
+        # Newest first, the running total of sizes; the newest row that takes it past
+        # the bound goes, with everything older. A scan of at most max_stored rows.
+        running = (
+            sa.select(
+                table.c.stored_at,
+                sa.func.sum(table.c.size).over(order_by=table.c.stored_at.desc()).label("running"),
+            )
+        ).subquery()
+        cutoff = (
+            await conn.execute(
+                sa.select(sa.func.max(running.c.stored_at)).where(
+                    running.c.running > self._max_bytes
+                )
             )
         ).scalar()
         if cutoff is not None:
