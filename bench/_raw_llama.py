@@ -21,6 +21,9 @@ from _config import CONTEXT, LONG_PROMPTS, N_BATCH, THREADS
 from _procs import model_path
 from _streams import user
 
+from cortex.neuron.engines.llamacpp.attention import uses_flash_attention
+from cortex.spec import BUNDLED_MODEL_SOURCE, ModelSpec
+
 
 class RawWorker:
     """The raw llama.cpp loop in a child process (``_raw_llama.py`` run as a script).
@@ -37,6 +40,10 @@ class RawWorker:
             "model": str(model_path()),
             "messages": user(LONG_PROMPTS[0]),
             "extra_buffer_types": extra_buffer_types,
+            # the neuron's own choice for the bundled model's spec on this build
+            "flash_attention": uses_flash_attention(
+                ModelSpec(id="bench", source=BUNDLED_MODEL_SOURCE)
+            ),
         }
         self.log_path = log_dir / "raw_worker.log"
         with self.log_path.open("wb") as log:
@@ -104,7 +111,7 @@ def raw_worker(job: dict[str, Any]) -> None:
         command = json.loads(line)
         n_seq = command.get("n_seq", 1)
         if n_seq not in contexts:
-            contexts[n_seq] = _raw_context(C, model, n_seq)
+            contexts[n_seq] = _raw_context(C, model, n_seq, job["flash_attention"])
         ctx = contexts[n_seq]
         if command["cmd"] == "single":
             rate, out = _raw_single(C, ctx, tokens, command["n_tokens"])
@@ -115,13 +122,16 @@ def raw_worker(job: dict[str, Any]) -> None:
         replies.write(json.dumps(reply) + "\n")
 
 
-def _raw_context(C: Any, model: Any, n_seq: int) -> Any:
+def _raw_context(C: Any, model: Any, n_seq: int, flash_attention: bool) -> Any:
     """A context set up as the neuron's engine sets its own (one KV stream per sequence)."""
     params = C.llama_context_default_params()
     params.n_ctx, params.n_seq_max, params.kv_unified = CONTEXT * n_seq, n_seq, False
     params.n_batch = params.n_ubatch = N_BATCH
     params.n_threads = params.n_threads_batch = THREADS
     params.no_perf = True
+    params.flash_attn_type = (
+        C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    )
     return C.llama_init_from_model(model, params)
 
 

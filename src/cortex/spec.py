@@ -77,6 +77,10 @@ class ModelSpec(BaseModel):
     # canary crashes; true or false forces the choice.
     extra_buffer_types: bool | Literal["auto"] = "auto"
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"  # llama.cpp's K and V cache type
+    # llama.cpp's flash attention (GGUF models). "auto": on, llama.cpp's default. false
+    # decodes ~2x faster on a CPU at a few thousand tokens of context, for slower prefill
+    # (engines/llamacpp/attention.py, BENCHMARKS.md). A quantised KV cache needs it.
+    flash_attention: bool | Literal["auto"] = "auto"
     # Speculative decoding (GGUF models): "ngram" drafts from the sequence's own tokens
     # (prompt lookup) and verifies the drafts in the same decode. Off by default: on the
     # CPUs measured it gains little, and llama.cpp rounds a multi-token batch differently,
@@ -102,6 +106,15 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 "split (GGUF over several GPUs) and tensor_parallel (dense ranks) exclude "
                 "each other: set one"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _quantised_kv_needs_flash_attention(self) -> ModelSpec:
+        if self.kv_cache_type != "f16" and self.flash_attention is False:
+            raise ValueError(
+                f'kv_cache_type = "{self.kv_cache_type}" needs flash attention: llama.cpp '
+                "refuses a quantised V cache without it; leave flash_attention out or true"
             )
         return self
 

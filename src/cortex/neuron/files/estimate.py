@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cortex.errors import InvalidRequest
+from cortex.neuron.engines.llamacpp.attention import uses_flash_attention
 from cortex.neuron.files.headers import GGUFHeader, Strings, read_gguf, safetensors_bytes
 from cortex.spec import ModelSpec
 
@@ -89,6 +90,7 @@ class _Shape:
     """What the KV cache and the overhead depend on, whatever the file format."""
 
     n_layer: int
+    n_head: int  # query heads (the largest, when layers differ)
     kv_heads: tuple[int, ...]  # per layer
     key_length: int
     value_length: int
@@ -132,9 +134,19 @@ def _estimate_gguf(path: Path, spec: ModelSpec) -> MemoryEstimate:
     # asks for logits (n_ubatch x n_vocab f32: 96 MiB of SmolLM2's 98 MiB buffer), plus
     # activations (~4 x n_embd floats a token measured; 8 kept for headroom). The
     # output buffer holds one row of logits per sequence.
+    logits = shape.n_vocab * _LOGIT_BYTES * LLAMACPP_UBATCH_TOKENS
+    # Without flash attention a micro-batch's attention scores are materialised: f32,
+    # one row of the sequence's cells per token and head, plus the f32 mask (one more
+    # "head"). The buffer is reused across the graph, so it costs only what it exceeds
+    # the logits by. Measured for SmolLM2-135M: 166 MiB at 8192 cells against 98 with
+    # flash attention; this says 169.
+    scores = 0
+    if not uses_flash_attention(spec):
+        scores = LLAMACPP_UBATCH_TOKENS * per_sequence * (shape.n_head + 1) * _LOGIT_BYTES
     overhead = (
         _BASE_OVERHEAD
-        + shape.n_vocab * _LOGIT_BYTES * (LLAMACPP_UBATCH_TOKENS + spec.max_batch)
+        + max(logits, scores)
+        + shape.n_vocab * _LOGIT_BYTES * spec.max_batch
         + LLAMACPP_UBATCH_TOKENS * shape.n_embd * 4 * 8
     )
     # The embedding context: one sequence's KV, a micro-batch whose every token has its
@@ -183,6 +195,7 @@ def _gguf_shape(header: GGUFHeader, path: Path) -> _Shape:
     vocab = fields.get(f"{arch}.vocab_size", tokens.count if isinstance(tokens, Strings) else 0)
     return _Shape(
         n_layer=n_layer,
+        n_head=max(n_head, default=0),
         kv_heads=kv_heads,
         key_length=_int(get("attention.key_length", head_dim)),
         value_length=_int(get("attention.value_length", head_dim)),
@@ -266,6 +279,7 @@ def _config_shape(config: dict[str, Any], directory: Path) -> _Shape:
     n_head_kv = int(config.get("num_key_value_heads") or n_head)
     return _Shape(
         n_layer=n_layer,
+        n_head=n_head,
         kv_heads=(n_head_kv,) * n_layer,
         key_length=head_dim,
         value_length=head_dim,

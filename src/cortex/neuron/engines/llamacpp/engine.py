@@ -45,6 +45,7 @@ from cortex.neuron.engines.base import (
     emit_generated,
 )
 from cortex.neuron.engines.device_set import split_devices
+from cortex.neuron.engines.llamacpp.attention import uses_flash_attention
 from cortex.neuron.engines.llamacpp.disk_cache import DiskCache, cache_key, file_identity
 from cortex.neuron.engines.llamacpp.embed import EmbeddingContext, pooling_of
 from cortex.neuron.engines.llamacpp.host_cache import (
@@ -178,16 +179,13 @@ class LlamaCppEngine:
         ctx_params.n_threads_batch = n_threads
         ctx_params.kv_unified = False
         ctx_params.type_k = ctx_params.type_v = _KV_TYPES[spec.kv_cache_type]
-        # Flash attention (llama.cpp's default here) is 8% faster decoding and 20% faster
-        # prefill on this CPU; it also rounds through f16, which flips some near-tie greedy
-        # tokens against an fp32 reference (tests/e2e/test_reference_equality.py).
-        # A quantised V cache works only with it (llama.cpp refuses the context with it off).
-        # llama.cpp 0.3.36 resolves "auto" to on for one by itself; asking outright keeps
-        # that from resting on how a given version resolves "auto".
+        # Asked outright, never llama.cpp's "auto": the memory estimate counts the plain
+        # path's attention scores exactly when this is off (attention.py says when).
+        self.flash_attention = uses_flash_attention(spec)
         ctx_params.flash_attn_type = (
-            C.LLAMA_FLASH_ATTN_TYPE_AUTO
-            if spec.kv_cache_type == "f16"
-            else C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            C.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if self.flash_attention
+            else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
         ctx_params.no_perf = True
         self._ctx = C.llama_init_from_model(self._model, ctx_params)
