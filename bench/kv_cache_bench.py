@@ -77,6 +77,7 @@ def measure(path: Path, kv_type: str, log: list[str], quick: bool) -> dict[str, 
     spec = ModelSpec(
         id="bench", source=BUNDLED_MODEL_SOURCE, context_length=2048, max_batch=1,
         prefix_cache=False, kv_cache_type=kv_type,
+        flash_attention=True,  # a quantised V needs it: f16 beside them on the same kernel
     )  # fmt: skip
     log.clear()
     engine = LlamaCppEngine(path, spec, "cpu", 2)

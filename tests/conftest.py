@@ -15,13 +15,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Gateways started by the tests keep their databases out of the user's state dir.
 os.environ.setdefault("CORTEX_STATE_DIR", tempfile.mkdtemp(prefix="cortex-test-state-"))
 
-from procs import BUNDLED, MODEL, Gateway, Neuron
+from procs import BATCH_STABLE, BATCH_STABLE_TOML, BUNDLED, MODEL, Gateway, Neuron
 
 
 @pytest.fixture(scope="session")
 def neuron(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Neuron]:
-    """A neuron serving the bundled model (context 4096, up to 4 sequences batched)."""
-    process = Neuron(tmp_path_factory.mktemp("neuron"), "n1", [f"{MODEL}={BUNDLED}"])
+    """A neuron serving the bundled model (context 4096, up to 4 sequences batched).
+    Batch-stable: many tests compare greedy answers of which one hit the prefix cache."""
+    process = Neuron(
+        tmp_path_factory.mktemp("neuron"), "n1", [f"{MODEL}={BUNDLED}"], spec_fields=BATCH_STABLE
+    )
     yield process
     process.stop()
 
@@ -43,7 +46,7 @@ endpoint = "{neuron.url}"
 id = "{MODEL}"
 source = "{BUNDLED}"
 aliases = ["claude-haiku-*", "claude-sonnet-*", "claude-opus-*", "small"]
-"""
+{BATCH_STABLE_TOML}"""
     process = Gateway(tmp_path_factory.mktemp("gateway"), config, models, {MODEL})
     yield process
     process.stop()

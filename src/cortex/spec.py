@@ -77,9 +77,11 @@ class ModelSpec(BaseModel):
     # canary crashes; true or false forces the choice.
     extra_buffer_types: bool | Literal["auto"] = "auto"
     kv_cache_type: Literal["f16", "q8_0", "q4_0"] = "f16"  # llama.cpp's K and V cache type
-    # llama.cpp's flash attention (GGUF models). "auto": on, llama.cpp's default. false
-    # decodes ~2x faster on a CPU at a few thousand tokens of context, for slower prefill
-    # (engines/llamacpp/attention.py, BENCHMARKS.md). A quantised KV cache needs it.
+    # llama.cpp's flash attention (GGUF models). "auto": off in a llama.cpp build that
+    # cannot offload to a GPU (the plain path decodes ~2x faster on a CPU at a few
+    # thousand tokens of context), on where it can; true makes a cached prefix's answers
+    # bit-identical to a cold prefill's on a CPU too (engines/llamacpp/attention.py,
+    # BENCHMARKS.md). A quantised KV cache needs it.
     flash_attention: bool | Literal["auto"] = "auto"
     # Speculative decoding (GGUF models): "ngram" drafts from the sequence's own tokens
     # (prompt lookup) and verifies the drafts in the same decode. Off by default: on the

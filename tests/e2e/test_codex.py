@@ -59,6 +59,7 @@ SPEC = {
     "max_batch": 1,
     "prefix_cache": False,  # a reused KV cache may part from a fresh one at a near tie
     "sampling": {"temperature": 0},
+    "flash_attention": True,  # the answers below were read under it
 }
 MODELS = f"""
 [[models]]
@@ -68,6 +69,7 @@ context_length = 4096
 max_batch = 1
 prefix_cache = false
 sampling = {{ temperature = 0 }}
+flash_attention = true
 """
 
 

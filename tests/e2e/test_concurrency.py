@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from procs import (
+    BATCH_STABLE,
     BUNDLED,
     MODEL,
     UNENDING,
@@ -59,7 +60,13 @@ def ask(client: openai.OpenAI, prompt: str, stream: bool = False) -> str:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory):
-    process = Neuron(tmp_path_factory.mktemp("concurrency"), "c1", [f"{MODEL}={BUNDLED}"])
+    # answers alone and beside others are compared token for token: batch-stable
+    process = Neuron(
+        tmp_path_factory.mktemp("concurrency"),
+        "c1",
+        [f"{MODEL}={BUNDLED}"],
+        spec_fields=BATCH_STABLE,
+    )
     yield process
     process.stop()
 

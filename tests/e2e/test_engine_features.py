@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from procs import BUNDLED, UNENDING, Neuron, metric
+from procs import BATCH_STABLE, BUNDLED, UNENDING, Neuron, metric
 
 pytestmark = pytest.mark.slow
 
@@ -16,9 +16,16 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     process = Neuron(tmp_path_factory.mktemp("features"), "features", [])
+    # "cached" answers are compared with "uncached" ones token for token: batch-stable
     for spec in (
-        {"id": "cached", "context_length": 2048, "max_batch": 2},
-        {"id": "uncached", "context_length": 2048, "max_batch": 2, "prefix_cache": False},
+        {"id": "cached", "context_length": 2048, "max_batch": 2, **BATCH_STABLE},
+        {
+            "id": "uncached",
+            "context_length": 2048,
+            "max_batch": 2,
+            "prefix_cache": False,
+            **BATCH_STABLE,
+        },
         {"id": "tiny-queue", "context_length": 512, "max_batch": 1, "max_queue": 1},
     ):
         answer = httpx.post(

@@ -18,7 +18,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from procs import BUNDLED, MODEL, UNENDING, Neuron, alive, children_of, metric, wait_for
+from procs import (
+    BATCH_STABLE,
+    BUNDLED,
+    MODEL,
+    UNENDING,
+    Neuron,
+    alive,
+    children_of,
+    metric,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +70,8 @@ def until_answers(node: Neuron, model: str, timeout_s: float = 120) -> None:
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory):
     loads = [f"{MODEL}={BUNDLED}", f"{OTHER}={BUNDLED}"]
-    process = Neuron(tmp_path_factory.mktemp("engines"), "engines", loads)
+    # answers before a crash (cold) and after (cached) are compared: batch-stable
+    process = Neuron(tmp_path_factory.mktemp("engines"), "engines", loads, spec_fields=BATCH_STABLE)
     yield process
     process.stop()
 

@@ -140,6 +140,29 @@ def test_gguf_kv_estimate_is_what_llama_cpp_allocates(
     assert reported_mb <= estimate.kv_cache_mb <= reported_mb * 1.05
 
 
+@pytest.mark.slow  # loads the model in llama.cpp twice
+def test_the_plain_attention_paths_scores_are_counted(
+    gguf_path: Path, llama_log: list[str]
+) -> None:
+    """Without flash attention llama.cpp's compute buffer holds a micro-batch's attention
+    scores; the estimate's overhead must grow with it."""
+    reported, estimated = {}, {}
+    for flash in (True, False):
+        model = spec(context_length=8192, max_batch=1, flash_attention=flash)
+        llama_log.clear()
+        LlamaCppEngine(gguf_path, model, "cpu", 1, use_extra_buffer_types=False).close()
+        # "llama_context:        CPU compute buffer size =   166.01 MiB"
+        sizes = re.findall(r"CPU compute buffer size = +([\d.]+) MiB", "".join(llama_log))
+        assert sizes, "llama.cpp logged no compute buffer"
+        reported[flash] = float(sizes[0])
+        estimated[flash] = estimate_memory(gguf_path, model).overhead_mb
+    assert reported[False] > reported[True] * 1.3  # the scores are there to count
+    assert reported[False] <= estimated[False]
+    # the growth is counted (measured: 64 MB estimated for llama.cpp's 68), not lost in
+    # the estimate's fixed overhead, which alone covers this small model's buffers
+    assert estimated[False] - estimated[True] >= 0.9 * (reported[False] - reported[True])
+
+
 def test_memory_mb_overrides_the_total_only(gguf_path: Path) -> None:
     computed = estimate_memory(gguf_path, spec())
     estimate = estimate_memory(gguf_path, spec(memory_mb=5000))
