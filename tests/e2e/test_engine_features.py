@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from cortex.neuron.engines.llamacpp.attention import build_offloads
 from procs import BATCH_STABLE, BUNDLED, UNENDING, Neuron, metric
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,15 @@ def node(tmp_path_factory):
         assert answer.status_code == 200, answer.text
     yield process
     process.stop()
+
+
+def test_status_names_the_attention_kernel_auto_resolved_to(node: Neuron) -> None:
+    # "auto" (tiny-queue's) is the plain path in a build that cannot offload to a GPU,
+    # as this suite's CPU machines have; flash where a spec asks for it
+    plain_here = not build_offloads()
+    assert node.model("tiny-queue")["attention"] == ("plain" if plain_here else "flash")
+    assert node.model("tiny-queue")["spec"]["flash_attention"] == "auto"
+    assert node.model("cached")["attention"] == "flash"
 
 
 def test_second_turn_reuses_the_prefix_and_answers_the_same(node: Neuron) -> None:

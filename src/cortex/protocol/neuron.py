@@ -123,6 +123,11 @@ class ModelStatus(_Wire):
     # 1.4: MB on each device of ``devices`` (ranks on one device summed); empty from an
     # older neuron, whose models are on one device with all of ``memory_mb``.
     device_memory_mb: dict[str, int] = Field(default_factory=dict)
+    # The attention kernel a GGUF model runs, its spec's "auto" resolved on this node's
+    # llama.cpp build: "plain" decodes faster on a CPU, "flash" answers a cached prefix
+    # bit for bit as a cold one. None for a dense model, while loading, or from an older
+    # neuron.
+    attention: Literal["flash", "plain"] | None = None
 
     @field_validator("spec", mode="before")
     @classmethod

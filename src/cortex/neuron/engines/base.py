@@ -186,6 +186,7 @@ class EngineInfo:
     eos_token: str
     n_vocab: int  # token ids are 0 .. n_vocab - 1
     embedding_size: int  # length of the vectors ``submit_embedding`` returns
+    attention: Literal["flash", "plain"] | None = None  # a GGUF's kernel ("auto" resolved)
 
 
 class Engine(Protocol):

@@ -169,6 +169,7 @@ class LoadedModel:
             fallback=self.fallback,
             sampling_defaults=None if defaults.is_empty() else defaults,
             prefix_digest=self.prefixes.hashes(),
+            attention=self.engine.info.attention if self.engine else None,
         )
 
 

@@ -231,6 +231,7 @@ class LlamaCppEngine:
             eos_token=self._token_text(C.llama_vocab_eos(self._vocab)),
             n_vocab=C.llama_vocab_n_tokens(self._vocab),
             embedding_size=C.llama_model_n_embd_out(self._model),
+            attention="flash" if self.flash_attention else "plain",
         )
 
     # -- tokenizer (read-only on the vocab, safe from any thread) ---------------
