@@ -38,11 +38,16 @@ def _busy_seconds() -> float:
 
 
 def _own_seconds(pids: list[int]) -> float:
+    """CPU seconds of ``pids`` and their descendants: a neuron's engine processes are its
+    children, and their work is the benchmark's, not another user's."""
     total = 0.0
     for pid in pids:
         with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
+            root = psutil.Process(pid)
+            for process in (root, *root.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    t = process.cpu_times()
+                    total += t.user + t.system
     return total
 
 
