@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from cortex.neuron.engines.base import Event, Finished, GenerationRequest, SamplingParams
+from _greedy_run import run_greedy
+
 from cortex.neuron.engines.llamacpp.engine import LlamaCppEngine
 from cortex.neuron.files.sources import parse_source, resolve_local
 from cortex.spec import BUNDLED_MODEL_SOURCE, ModelSpec
@@ -40,37 +41,18 @@ def prompt_of(words: int) -> str:
     )
 
 
-class Recorder:
-    """An event sink stamping the first token and the end."""
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.finished: Finished | None = None
-        self.end = 0.0
-
-    def put(self, event: Event) -> None:
-        now = time.perf_counter()
-        if isinstance(event, Finished):
-            self.finished, self.end = event, now
-        elif self.first is None:
-            self.first = now
-
-
 def measure(engine: LlamaCppEngine, prompt: str) -> dict[str, float]:
     tokens = engine.tokenize_prompt(prompt)
-    sink = Recorder()
     started = time.perf_counter()
-    greedy = SamplingParams(temperature=0.0)
     # use_cache off: every run prefills the whole prompt
-    engine.submit(GenerationRequest(tokens, NEW_TOKENS, greedy, [], sink, use_cache=False))
-    while sink.finished is None:
-        engine.step()
-    assert sink.first is not None and sink.finished.completion_tokens > 8, "too few tokens"
+    sink = run_greedy(engine, tokens, NEW_TOKENS, use_cache=False)
+    assert sink.first is not None and sink.finished is not None
     generated = sink.finished.completion_tokens
+    assert generated > 8, "too few tokens"
     return {
         "prompt_tokens": len(tokens),
         "prefill_tok_s": len(tokens) / (sink.first - started),
-        "decode_tok_s": (generated - 1) / (sink.end - sink.first),
+        "decode_tok_s": sink.decode_tok_s,
         "tokens": generated,
     }
 

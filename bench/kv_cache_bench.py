@@ -24,12 +24,11 @@ import json
 import re
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import llama_cpp as C
+from _greedy_run import run_greedy
 
-from cortex.neuron.engines.base import Event, Finished, GenerationRequest, SamplingParams
 from cortex.neuron.engines.llamacpp.engine import LlamaCppEngine
 from cortex.neuron.files.estimate import estimate_memory
 from cortex.neuron.files.sources import parse_source, resolve_local
@@ -46,31 +45,9 @@ LONG = TEMPLATE.format(
 _KV_SIZE = re.compile(r"llama_kv_cache: size = +([\d.]+) MiB")
 
 
-class Recorder:
-    """An event sink stamping the first token and the end (the engine runs in this thread)."""
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.finished: Finished | None = None
-        self.end = 0.0
-
-    def put(self, event: Event) -> None:
-        now = time.perf_counter()
-        if isinstance(event, Finished):
-            self.finished, self.end = event, now
-        elif self.first is None:
-            self.first = now
-
-
 def decode_tok_s(engine: LlamaCppEngine, text: str, max_new: int) -> float:
     """Greedy decode speed after ``text``: tokens after the first over first to last."""
-    sink = Recorder()
-    tokens = engine.tokenize_prompt(text)
-    engine.submit(GenerationRequest(tokens, max_new, SamplingParams(temperature=0.0), [], sink))
-    while sink.finished is None:
-        engine.step()
-    assert sink.first is not None, "no token generated"
-    return (sink.finished.completion_tokens - 1) / (sink.end - sink.first)
+    return run_greedy(engine, engine.tokenize_prompt(text), max_new).decode_tok_s
 
 
 def measure(path: Path, kv_type: str, log: list[str], quick: bool) -> dict[str, float]:

@@ -18,10 +18,10 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from cortex.neuron.engines.base import Event, Finished, GenerationRequest, SamplingParams
+from _greedy_run import run_greedy
+
 from cortex.neuron.engines.llamacpp.engine import LlamaCppEngine
 from cortex.neuron.files.sources import parse_source, resolve_local
 from cortex.spec import BUNDLED_MODEL_SOURCE, ModelSpec
@@ -70,35 +70,11 @@ PROMPT = (
 )
 
 
-class Recorder:
-    """An event sink keeping the text and stamping the first token and the end."""
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.finished: Finished | None = None
-        self.end = 0.0
-        self.text: list[str] = []
-
-    def put(self, event: Event) -> None:
-        now = time.perf_counter()
-        if isinstance(event, Finished):
-            self.finished, self.end = event, now
-            return
-        self.text.append(getattr(event, "text", ""))
-        if self.first is None:
-            self.first = now
-
-
 def generate(engine: LlamaCppEngine, max_new: int) -> tuple[float, str, int]:
     """Greedy decode of the task: (tok/s first to last, text, tokens)."""
-    sink = Recorder()
-    tokens = engine.tokenize_prompt(PROMPT)
-    engine.submit(GenerationRequest(tokens, max_new, SamplingParams(temperature=0.0), [], sink))
-    while sink.finished is None:
-        engine.step()
-    assert sink.first is not None, "no token generated"
-    count = sink.finished.completion_tokens
-    return (count - 1) / (sink.end - sink.first), "".join(sink.text), count
+    sink = run_greedy(engine, engine.tokenize_prompt(PROMPT), max_new)
+    assert sink.finished is not None
+    return sink.decode_tok_s, "".join(sink.text), sink.finished.completion_tokens
 
 
 def measure(path: Path, mode: str, max_new: int) -> dict[str, float | str]:
