@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Gateways started by the tests keep their databases out of the user's state dir.
 os.environ.setdefault("CORTEX_STATE_DIR", tempfile.mkdtemp(prefix="cortex-test-state-"))
 
-from procs import BATCH_STABLE, BATCH_STABLE_TOML, BUNDLED, MODEL, Gateway, Neuron
+from procs import BATCH_STABLE, BUNDLED, MODEL, Gateway, Neuron, toml_table
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +41,10 @@ poll_interval_s = 0.5
 name = "{neuron.name}"
 endpoint = "{neuron.url}"
 """
-    models = f"""
-[[models]]
-id = "{MODEL}"
-source = "{BUNDLED}"
-aliases = ["claude-haiku-*", "claude-sonnet-*", "claude-opus-*", "small"]
-{BATCH_STABLE_TOML}"""
+    aliases = ["claude-haiku-*", "claude-sonnet-*", "claude-opus-*", "small"]
+    models = toml_table(
+        "models", {"id": MODEL, "source": BUNDLED, "aliases": aliases, **BATCH_STABLE}
+    )
     process = Gateway(tmp_path_factory.mktemp("gateway"), config, models, {MODEL})
     yield process
     process.stop()

@@ -25,7 +25,6 @@ MODEL = "smollm2-135m-instruct"
 # whatever the batch. The default on a CPU, the plain path, rounds a batch of 4+ tokens
 # differently, so such answers may part at a near tie (engines/llamacpp/attention.py).
 BATCH_STABLE = {"flash_attention": True}
-BATCH_STABLE_TOML = "flash_attention = true\n"
 
 # Request fields that keep a generation going to its max_tokens: a grammar that forbids
 # ending before eight strings of at least 1000 characters each (the grammar's limit on one
@@ -236,15 +235,19 @@ class Neuron(Process):
         return next((m for m in self.status()["models"] if m["id"] == model_id), None)
 
 
+def toml_table(name: str, values: dict[str, object]) -> str:
+    """One ``[[name]]`` table (models.toml's ``[[models]]``, neuron.toml's ``[[load]]``).
+    JSON's scalars and lists of them are TOML's, booleans and strings included."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return f"[[{name}]]\n" + "\n".join(lines) + "\n"
+
+
 def _load_tables(loads: list[str], fields: dict[str, bool | int | str]) -> str:
-    """neuron.toml ``[[load]]`` tables: ``ID=SOURCE`` each, with ``fields``. JSON's
-    scalars are TOML's, booleans and strings included."""
+    """neuron.toml ``[[load]]`` tables: ``ID=SOURCE`` each, with ``fields``."""
     tables = []
     for load in loads:
         model_id, _, source = load.partition("=")
-        lines = [f"id = {json.dumps(model_id)}", f"source = {json.dumps(source)}"]
-        lines += [f"{key} = {json.dumps(value)}" for key, value in fields.items()]
-        tables.append("[[load]]\n" + "\n".join(lines) + "\n")
+        tables.append(toml_table("load", {"id": model_id, "source": source, **fields}))
     return "\n".join(tables)
 
 

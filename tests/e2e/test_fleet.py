@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cortex.neuron.files.estimate import estimate_memory
 from cortex.neuron.files.sources import parse_source, resolve_local
 from cortex.spec import ModelSpec
-from procs import BUNDLED, UNENDING, Gateway, Neuron, first_token, wait_for
+from procs import BUNDLED, UNENDING, Gateway, Neuron, first_token, toml_table, wait_for
 from procs import metric as procs_metric
 
 pytestmark = pytest.mark.slow
@@ -34,19 +34,7 @@ NODES = ("n1", "n2", "n3")
 
 
 def profile(model_id: str, **fields: object) -> str:
-    values = {"id": model_id, "source": BUNDLED, **SMALL, **fields}
-    lines = [f"{key} = {_toml(value)}" for key, value in values.items()]
-    return "[[models]]\n" + "\n".join(lines) + "\n"
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
+    return toml_table("models", {"id": model_id, "source": BUNDLED, **SMALL, **fields})
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from procs import BUNDLED, UNENDING, Gateway, Neuron, gateway_config, metric, wait_for
+from procs import (
+    BUNDLED,
+    UNENDING,
+    Gateway,
+    Neuron,
+    gateway_config,
+    metric,
+    toml_table,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -19,12 +28,7 @@ SMALL = {"context_length": 512, "max_batch": 1}
 
 
 def models_toml(model_id: str, **fields: object) -> str:
-    values = {"id": model_id, "source": BUNDLED, **SMALL, **fields}
-    return "[[models]]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in values.items()) + "\n"
-
-
-def _toml(value: object) -> str:
-    return f'"{value}"' if isinstance(value, str) else str(value)
+    return toml_table("models", {"id": model_id, "source": BUNDLED, **SMALL, **fields})
 
 
 @pytest.fixture(scope="module")
